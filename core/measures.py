@@ -1,0 +1,68 @@
+"""Per-step measurements of a sampling trajectory, per batch item, in float32.
+
+For a step j that moves the k-diffusion state x_j (at sigma_j) to the proposal x_{j+1} (at
+sigma_{j+1}), with the clean prediction D(x_{j+1}) that the next model call makes anyway:
+
+    latent  ||z_{j+1}||              z = x / sqrt(1 + sigma^2), the VP latent
+    update  ||z_{j+1} - z_j||        the latent update
+    clean   ||D(x_{j+1})||           the clean prediction at the proposal (the latent at the end)
+    gap     ||eps_c - eps_u||        Wen et al.'s text-conditional noise magnitude at the proposal,
+                                     (D_u - D_c) / sigma in x-space; NaN when no uncond exists
+
+Norms are plain L2 over every non-batch element, so [B,C,H,W] and [B,C,T,H,W] both work.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+QUANTITIES = ("latent", "update", "clean", "gap")
+
+
+def item_norm(t: torch.Tensor) -> torch.Tensor:
+    """L2 norm over all non-batch elements, in float32, as a [B] tensor."""
+    return t.float().flatten(1).norm(dim=1)
+
+
+def to_vp(x: torch.Tensor, sigma: float) -> torch.Tensor:
+    return x.float() / (1.0 + sigma * sigma) ** 0.5
+
+
+@dataclass
+class StepMeasures:
+    """The four quantities of one step, each a [B] float32 tensor on the caller's device."""
+
+    latent: torch.Tensor
+    update: torch.Tensor
+    clean: torch.Tensor
+    gap: torch.Tensor
+
+    def stack(self) -> torch.Tensor:
+        """[len(QUANTITIES), B] in QUANTITIES order."""
+        return torch.stack([self.latent, self.update, self.clean, self.gap])
+
+
+def guidance_gap(cond: torch.Tensor | None, uncond: torch.Tensor | None, sigma: float) -> torch.Tensor | None:
+    """||eps_c - eps_u|| per item from the cond/uncond clean predictions, or None without both."""
+    if cond is None or uncond is None or sigma <= 0:
+        return None
+    return item_norm(uncond.float() - cond.float()) / sigma
+
+
+def measure_step(x_prev: torch.Tensor, x_next: torch.Tensor, sigma_prev: float, sigma_next: float,
+                 denoised_next: torch.Tensor | None, gap_next: torch.Tensor | None = None) -> StepMeasures:
+    """Measure the step x_prev -> x_next. `denoised_next` is D(x_next); None at the last step."""
+    z_prev, z_next = to_vp(x_prev, sigma_prev), to_vp(x_next, sigma_next)
+    latent = item_norm(z_next)
+    update = item_norm(z_next - z_prev)
+    clean = item_norm(denoised_next) if denoised_next is not None else item_norm(x_next)
+    gap = gap_next if gap_next is not None else torch.full_like(latent, float("nan"))
+    return StepMeasures(latent, update, clean, gap.float())
+
+
+def update_energy_map(x_prev: torch.Tensor, x_next: torch.Tensor, sigma_prev: float, sigma_next: float) -> torch.Tensor:
+    """Per-location squared update summed over channels: [B, *spatial] (the heatmaps' raw material)."""
+    dz = to_vp(x_next, sigma_next) - to_vp(x_prev, sigma_prev)
+    return dz.pow(2).sum(dim=1)

@@ -1,0 +1,59 @@
+"""Mitigation: pure functions that pull a flagged trajectory back, per batch item.
+
+- `stability_correction`: the method's per-step correction of a proposal (rescale the clean
+  prediction to the calibrated norm, then clamp the update and latent norms into their bands).
+- `guided`: classifier-free guidance with a per-item scale, so a flagged item can run with
+  guidance off (or opposite) while the others keep theirs (delayed guidance, Jain et al. 2025).
+- `shifted_prediction`: the cheap stand-in for re-evaluating the model at a corrected latent.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from .measures import item_norm, to_vp
+
+
+def _per_item(v: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    return v.view(-1, *([1] * (like.ndim - 1)))
+
+
+def _clamp_norm(v: torch.Tensor, lo: torch.Tensor, hi: torch.Tensor) -> torch.Tensor:
+    n = item_norm(v)
+    target = torch.minimum(torch.maximum(n, lo), hi)
+    return v * _per_item(target / n.clamp(min=1e-12), v)
+
+
+def stability_correction(x_prev: torch.Tensor, x_next: torch.Tensor, denoised_next: torch.Tensor | None,
+                         sigma_prev: float, sigma_next: float, clean_mean: float,
+                         update_band: tuple[float, float], latent_band: tuple[float, float],
+                         strong: torch.Tensor) -> torch.Tensor:
+    """The corrected proposal x' (k-diffusion x-space, float32) for every item given.
+
+    1. x0' = x0_hat * mu_clean / ||x0_hat||; in VP space z' = z_next + sqrt(abar_next) (x0' - x0_hat),
+       which in x-space is x' = x_next + (x0' - x0_hat).
+    2. strong items only: clamp ||z' - z_prev|| into the update band.
+    3. clamp ||z'|| into the latent band.
+    """
+    x_next = x_next.float()
+    x0 = denoised_next.float() if denoised_next is not None else x_next
+    x0_rescaled = x0 * _per_item(clean_mean / item_norm(x0).clamp(min=1e-12), x0)
+    z_prev = to_vp(x_prev, sigma_prev)
+    z = to_vp(x_next + (x0_rescaled - x0), sigma_next)
+    lo_d = torch.full_like(strong, max(update_band[0], 0.0), dtype=torch.float32)
+    hi_d = torch.full_like(lo_d, update_band[1])
+    clamped = z_prev + _clamp_norm(z - z_prev, lo_d, hi_d)
+    z = torch.where(_per_item(strong, z), clamped, z)
+    lo_x = torch.full_like(lo_d, max(latent_band[0], 0.0))
+    z = _clamp_norm(z, lo_x, torch.full_like(lo_d, latent_band[1]))
+    return z * (1.0 + sigma_next * sigma_next) ** 0.5
+
+
+def shifted_prediction(denoised: torch.Tensor, x: torch.Tensor, x_corrected: torch.Tensor) -> torch.Tensor:
+    """D(x') ~ D(x) + (x' - x): the model's noise estimate held fixed while the latent moves."""
+    return denoised.float() + (x_corrected.float() - x.float())
+
+
+def guided(cond: torch.Tensor, uncond: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+    """uncond + scale * (cond - uncond) with a per-item scale [B]."""
+    return uncond + _per_item(scale.to(cond.dtype), cond) * (cond - uncond)

@@ -1,0 +1,115 @@
+"""Stability regions on disk: a versioned safetensors file (tensors plus JSON metadata).
+
+Loading never unpickles anything and says exactly what is wrong with a file. Saving validates
+first and writes through a temporary file, so a failed save leaves nothing behind.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+
+import torch
+from safetensors import safe_open
+from safetensors.torch import save_file
+
+from .measures import QUANTITIES
+from .region import StabilityRegion
+from .settings import RunSettings
+
+FORMAT = "memguard-stability-region"
+FORMAT_VERSION = 1
+EXTENSION = ".safetensors"
+
+
+class RegionFileError(ValueError):
+    """A region file that cannot be used; the message names the file and the problem."""
+
+
+def save_region(region: StabilityRegion, path: str | os.PathLike) -> Path:
+    path = Path(path)
+    problems = validate(region)
+    if problems:
+        raise RegionFileError(f"refusing to save an invalid stability region to {path}: {'; '.join(problems)}")
+    tensors = {"mean": region.mean.float().cpu().contiguous(), "std": region.std.float().cpu().contiguous(),
+               "count": region.count.long().cpu().contiguous()}
+    metadata = {"format": FORMAT, "format_version": str(FORMAT_VERSION),
+                "quantities": json.dumps(list(QUANTITIES)), "settings": json.dumps(region.settings.to_dict()),
+                "meta": json.dumps(region.meta)}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=EXTENSION, dir=path.parent)
+    os.close(fd)
+    try:
+        save_file(tensors, tmp, metadata=metadata)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    return path
+
+
+def load_region(path: str | os.PathLike) -> StabilityRegion:
+    path = Path(path)
+    if not path.is_file():
+        raise RegionFileError(f"stability region file not found: {path}")
+    try:
+        with safe_open(str(path), framework="pt", device="cpu") as f:
+            metadata = f.metadata() or {}
+            tensors = {k: f.get_tensor(k) for k in f.keys()}
+    except Exception as e:  # safetensors raises several types for truncated or corrupt headers
+        raise RegionFileError(f"{path} is not a readable safetensors file (truncated or corrupt?): {e}") from e
+
+    def fail(msg: str) -> RegionFileError:
+        return RegionFileError(f"{path} is not a usable stability region: {msg}")
+
+    if metadata.get("format") != FORMAT:
+        raise fail(f"its metadata 'format' is {metadata.get('format')!r}, expected {FORMAT!r} "
+                   "(is it a model or another kind of file?)")
+    try:
+        version = int(metadata.get("format_version", ""))
+    except ValueError:
+        raise fail(f"unreadable format_version {metadata.get('format_version')!r}") from None
+    if version > FORMAT_VERSION:
+        raise fail(f"it has format version {version}, written by a newer Memorization Guard; "
+                   f"this version reads up to {FORMAT_VERSION}: update the pack")
+    if version < 1:
+        raise fail(f"unknown format version {version}")
+    try:
+        quantities = json.loads(metadata["quantities"])
+        settings = RunSettings.from_dict(json.loads(metadata["settings"]))
+        meta = json.loads(metadata.get("meta", "{}"))
+    except (KeyError, ValueError, TypeError) as e:
+        raise fail(f"broken metadata ({e})") from e
+    if list(quantities) != list(QUANTITIES):
+        raise fail(f"it stores quantities {quantities}, expected {list(QUANTITIES)}")
+    missing = [k for k in ("mean", "std", "count") if k not in tensors]
+    if missing:
+        raise fail(f"tensors missing: {', '.join(missing)}")
+    region = StabilityRegion(settings, tensors["mean"].float(), tensors["std"].float(), tensors["count"].long(), meta)
+    problems = validate(region)
+    if problems:
+        raise fail("; ".join(problems))
+    return region
+
+
+def validate(region: StabilityRegion) -> list[str]:
+    q, n = len(QUANTITIES), region.settings.steps
+    out = []
+    for name in ("mean", "std", "count"):
+        t = getattr(region, name)
+        if tuple(t.shape) != (q, n):
+            out.append(f"{name} has shape {tuple(t.shape)}, expected ({q}, {n}) for {n} steps")
+    if out:
+        return out
+    have = region.count > 0
+    required = torch.zeros_like(have)
+    required[:3] = True  # latent, update and clean must exist at every step; gap is optional (cfg 1)
+    if bool((required & ~have).any()):
+        out.append("some steps have no calibration data")
+    if not bool(torch.isfinite(region.mean[have]).all() and torch.isfinite(region.std[have]).all()):
+        out.append("non-finite statistics")
+    elif bool((region.std[have] <= 0).any()):
+        out.append("non-positive spreads")
+    return out

@@ -1,0 +1,64 @@
+"""The run report: everything a run measured and decided, per item, as plain JSON-ready data."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+
+REPORT_VERSION = 1
+
+
+@dataclass
+class ItemReport:
+    index: int
+    verdict: str                      # "memorized" | "clean" | "unavailable: ..." | "invalid: ..."
+    flagged: bool
+    severity: str                     # "none" | "mild" | "strong" (at the first flagged step)
+    first_flagged_step: int | None
+    scores: dict[str, float | None]   # "max", "first", "mean" of |z_update|
+    norms: dict[str, list]            # quantity -> per-step value (None where not finite)
+    zscores: dict[str, list]          # quantity -> per-step signed z (None without a region)
+    step_flags: list[int]             # per step: 0 in band, 1 mild, 2 strong
+    active_steps: list[int]
+    corrected_steps: list[int]
+    guidance_off_steps: list[int]
+    non_finite_step: int | None = None
+
+
+@dataclass
+class RunReport:
+    settings: dict
+    config: dict
+    sigmas: list[float]
+    steps_observed: int
+    region: dict | None
+    items: list[ItemReport]
+    extra_model_calls: int = 0
+    notes: list[str] = field(default_factory=list)
+    version: int = REPORT_VERSION
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    def to_json(self, indent: int | None = None) -> str:
+        return json.dumps(self.to_dict(), indent=indent, allow_nan=False)
+
+    @staticmethod
+    def merge(reports: list["RunReport"]) -> "RunReport":
+        """Concatenate the items of reports from one batch split into runs (indices renumbered)."""
+        if not reports:
+            raise ValueError("nothing to merge")
+        first = reports[0]
+        items, notes, calls = [], [], 0
+        for r in reports:
+            for it in r.items:
+                items.append(ItemReport(**{**asdict(it), "index": len(items)}))
+            notes += r.notes
+            calls += r.extra_model_calls
+        return RunReport(first.settings, first.config, first.sigmas, first.steps_observed, first.region,
+                         items, calls, notes)
+
+    def summary(self) -> str:
+        flagged = [it.index for it in self.items if it.flagged]
+        return (f"{len(self.items)} item(s), {len(flagged)} flagged"
+                + (f" ({', '.join(map(str, flagged))})" if flagged else ""))

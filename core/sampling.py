@@ -1,0 +1,187 @@
+"""A sampler-agnostic guarded sampler: bring any denoiser, sigmas and a starting latent.
+
+    pair = cfg_pair(denoise, cond, uncond)            # denoise(x, sigma, c) -> clean prediction
+    region = calibrate([(pair_i, x_i) ...], sigmas, settings, cfg=7.5)
+    result = guarded_sample(pair, x, sigmas, settings, cfg=7.5, region=region,
+                            config=GuardConfig(mode="mitigate"))
+    result.latent, result.report
+
+Conventions are k-diffusion's: x = x0 + sigma * eps, sigmas decreasing to 0, and x starts as
+noise * sigmas[0] (plus the latent when denoising less than fully).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import torch
+
+from .guard import GuardConfig, StabilityGuard
+from .mitigate import guided, shifted_prediction
+from .region import RegionBuilder, StabilityRegion
+from .report import RunReport
+from .settings import RunSettings
+
+SAMPLERS = ("euler", "ddim")
+
+
+class PairDenoiser(Protocol):
+    def __call__(self, x: torch.Tensor, sigma: torch.Tensor, rows: torch.Tensor | None,
+                 need_uncond: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Conditional and unconditional clean predictions for `x` [b, ...] at `sigma` [b].
+
+        `rows` are the batch rows that x holds (None: all of them), so a denoiser can pick the
+        matching conditioning; the uncond prediction may be None when `need_uncond` is False.
+        """
+
+
+def cfg_pair(denoise: Callable[[torch.Tensor, torch.Tensor, Any], torch.Tensor], cond: Any, uncond: Any,
+             batched: bool = True) -> PairDenoiser:
+    """A PairDenoiser from `denoise(x, sigma, c) -> x0`. Tensor conds [B, ...] are sliced by row
+    and, with `batched`, cond and uncond run in one call as ComfyUI does."""
+
+    def pick(c, rows):
+        return c if rows is None or not isinstance(c, torch.Tensor) else c[rows.to(c.device)]
+
+    def pair(x, sigma, rows, need_uncond):
+        c = pick(cond, rows)
+        if not need_uncond:
+            return denoise(x, sigma, c), None
+        u = pick(uncond, rows)
+        if batched and isinstance(c, torch.Tensor) and isinstance(u, torch.Tensor) and c.shape == u.shape:
+            out = denoise(torch.cat([x, x]), torch.cat([sigma, sigma]), torch.cat([c, u]))
+            return out.chunk(2)
+        return denoise(x, sigma, c), denoise(x, sigma, u)
+
+    return pair
+
+
+def step(sampler: str, x: torch.Tensor, denoised: torch.Tensor, sigma: float, sigma_next: float) -> torch.Tensor:
+    """One deterministic step from sigma to sigma_next."""
+    if sampler == "euler":
+        d = (x - denoised) / sigma
+        return x + d * (sigma_next - sigma)
+    if sampler == "ddim":
+        # DDIM in VP form: z' = sqrt(abar') x0 + sqrt(1 - abar') eps, written back in x-space.
+        eps = (x - denoised) / sigma
+        return denoised + eps * sigma_next
+    raise ValueError(f"unknown sampler {sampler!r}; the core samples with {', '.join(SAMPLERS)}")
+
+
+@dataclass
+class SampleResult:
+    latent: torch.Tensor
+    report: RunReport
+    guard: StabilityGuard
+
+
+def guarded_sample(pair: PairDenoiser, x: torch.Tensor, sigmas: torch.Tensor, settings: RunSettings,
+                   cfg: float, region: StabilityRegion | None = None, config: GuardConfig = GuardConfig(),
+                   sampler: str | None = None, callback: Callable[[int, StabilityGuard], None] | None = None,
+                   ) -> SampleResult:
+    """Sample with classifier-free guidance while the guard watches (and, in mitigate mode, steers).
+
+    In detect mode, and for items that are never flagged, the arithmetic is exactly that of
+    `plain_sample`: the guard only reads.
+    """
+    sampler = sampler or settings.sampler
+    if sampler not in SAMPLERS:
+        raise ValueError(f"unknown sampler {sampler!r}; the core samples with {', '.join(SAMPLERS)}")
+    sig = [float(s) for s in sigmas]
+    b = x.shape[0]
+    guard = StabilityGuard(settings, sigmas, b, region, config)
+    if b == 0:
+        return SampleResult(x.clone(), guard.report(), guard)
+    need_uncond = cfg != 1.0
+    cfg_t = torch.full((b,), float(cfg))
+
+    def evaluate(xx, s, rows=None):
+        sv = torch.full((xx.shape[0],), s, device=xx.device, dtype=xx.dtype)
+        return pair(xx, sv, rows, need_uncond)
+
+    def combine(c, u, scales):
+        return c if u is None else guided(c, u, scales.to(c.device))
+
+    cond, uncond = evaluate(x, sig[0])
+    denoised = combine(cond, uncond, cfg_t)
+    for j in range(len(sig) - 1):
+        x_next = step(sampler, x, denoised, sig[j], sig[j + 1])
+        last = j + 1 == len(sig) - 1
+        if last:
+            cond_n = uncond_n = denoised_n = None
+        else:
+            cond_n, uncond_n = evaluate(x_next, sig[j + 1])
+            denoised_n = combine(cond_n, uncond_n, guard.guidance_scales(cfg))
+        act = guard.observe(j, x, x_next, denoised_n, cond_n, uncond_n)
+
+        if act.reguide is not None and bool(act.reguide.any()) and not last:
+            scales = guard.guidance_scales(cfg)
+            rows = act.reguide.nonzero().flatten()
+            if config.exact and act.rewind is not None and bool(act.rewind.any()):
+                # redo step j for items whose guidance just went off, from the same start
+                back = act.rewind.nonzero().flatten()
+                d_back = combine(cond[back], None if uncond is None else uncond[back], scales[back])
+                x_next = x_next.clone()
+                x_next[back] = step(sampler, x[back], d_back, sig[j], sig[j + 1]).to(x_next.dtype)
+                c_b, u_b = evaluate(x_next[back], sig[j + 1], back)
+                cond_n, uncond_n = cond_n.clone(), None if uncond_n is None else uncond_n.clone()
+                cond_n[back] = c_b
+                if uncond_n is not None:
+                    uncond_n[back] = u_b
+                guard.note_extra_evals(len(back))
+            denoised_n = denoised_n.clone()
+            denoised_n[rows] = combine(cond_n[rows], None if uncond_n is None else uncond_n[rows], scales[rows])
+
+        if bool(act.correct.any()):
+            rows = act.correct.nonzero().flatten()
+            x_fix = act.x_corrected[rows].to(x_next.dtype)
+            x_next = x_next.clone()
+            if not last:
+                denoised_n = denoised_n.clone()
+                if config.exact:
+                    c_f, u_f = evaluate(x_fix, sig[j + 1], rows)
+                    denoised_n[rows] = combine(c_f, u_f, guard.guidance_scales(cfg)[rows])
+                    cond_n, uncond_n = cond_n.clone(), None if uncond_n is None else uncond_n.clone()
+                    cond_n[rows] = c_f
+                    if uncond_n is not None:
+                        uncond_n[rows] = u_f
+                    guard.note_extra_evals(len(rows))
+                else:
+                    denoised_n[rows] = shifted_prediction(denoised_n[rows], x_next[rows], x_fix).to(denoised_n.dtype)
+            x_next[rows] = x_fix
+
+        if callback is not None:
+            callback(j, guard)
+        x, denoised, cond, uncond = x_next, denoised_n, cond_n, uncond_n
+    return SampleResult(x, guard.report(), guard)
+
+
+def plain_sample(pair: PairDenoiser, x: torch.Tensor, sigmas: torch.Tensor, cfg: float, sampler: str = "euler") -> torch.Tensor:
+    """The same sampler with no guard: the baseline for bit-identity and overhead."""
+    sig = [float(s) for s in sigmas]
+    b = x.shape[0]
+    need_uncond = cfg != 1.0
+    scales = torch.full((b,), float(cfg))
+    for j in range(len(sig) - 1):
+        sv = torch.full((b,), sig[j], device=x.device, dtype=x.dtype)
+        c, u = pair(x, sv, None, need_uncond)
+        denoised = c if u is None else guided(c, u, scales.to(c.device))
+        x = step(sampler, x, denoised, sig[j], sig[j + 1])
+    return x
+
+
+def calibrate(runs: Iterable[tuple[PairDenoiser, torch.Tensor]], sigmas: torch.Tensor, settings: RunSettings,
+              cfg: float, sampler: str | None = None, meta: dict | None = None,
+              progress: Callable[[int], None] | None = None) -> StabilityRegion:
+    """A stability region from trajectories on ordinary prompts, accumulated run by run."""
+    builder = RegionBuilder(settings)
+    done = 0
+    for pair, x in runs:
+        result = guarded_sample(pair, x, sigmas, settings, cfg, region=None, sampler=sampler)
+        builder.add_run(result.guard.values)
+        done += x.shape[0]
+        if progress is not None:
+            progress(done)
+    return builder.build({"trajectories": done, **(meta or {})})
