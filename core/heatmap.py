@@ -32,10 +32,10 @@ def to_image_map(latent_map: torch.Tensor, height: int, width: int) -> torch.Ten
         m = m.sum(dim=1)
     if m.shape[0] == 0:
         return torch.zeros(0, height, width)
+    m = torch.nan_to_num(m, nan=0.0, posinf=0.0, neginf=0.0).clamp(min=0)
+    m = F.interpolate(m.unsqueeze(1), size=(height, width), mode="bilinear", align_corners=False).squeeze(1)
     peak = m.flatten(1).amax(dim=1).clamp(min=1e-12).view(-1, 1, 1)
-    m = torch.nan_to_num(m / peak, nan=0.0, posinf=1.0, neginf=0.0)
-    m = F.interpolate(m.unsqueeze(1), size=(height, width), mode="bilinear", align_corners=False)
-    return m.squeeze(1).clamp(0, 1)
+    return (m / peak).clamp(0, 1)
 
 
 def burnt_map(images: torch.Tensor, low: float = 0.02, high: float = 0.98) -> torch.Tensor:

@@ -1,0 +1,53 @@
+import math
+
+import pytest
+import torch
+
+from memguard.core.measures import guidance_gap, item_norm, measure_step, to_vp, update_energy_map
+
+
+def test_item_norm_is_per_item_over_all_other_dims():
+    t = torch.ones(3, 4, 2, 2)
+    t[1] *= 2
+    assert torch.allclose(item_norm(t), torch.tensor([4.0, 8.0, 4.0]))
+    video = torch.ones(2, 4, 3, 2, 2)
+    assert torch.allclose(item_norm(video), torch.full((2,), math.sqrt(48)))
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_low_precision_latents_are_measured_in_float32(dtype):
+    x = (torch.randn(2, 4, 8, 8) * 100).to(dtype)
+    n = item_norm(x)
+    assert n.dtype == torch.float32
+    assert torch.allclose(n, x.float().flatten(1).norm(dim=1))
+    m = measure_step(x, x * 0.5, 10.0, 5.0, x * 0.1)
+    for v in (m.latent, m.update, m.clean):
+        assert v.dtype == torch.float32 and torch.isfinite(v).all()
+
+
+def test_step_quantities_follow_the_method():
+    x_prev, x_next, d = torch.randn(2, 4, 4, 4), torch.randn(2, 4, 4, 4), torch.randn(2, 4, 4, 4)
+    m = measure_step(x_prev, x_next, 3.0, 1.5, d)
+    z_prev, z_next = x_prev / math.sqrt(1 + 9), x_next / math.sqrt(1 + 2.25)
+    assert torch.allclose(m.latent, item_norm(z_next))
+    assert torch.allclose(m.update, item_norm(z_next - z_prev))
+    assert torch.allclose(m.clean, item_norm(d))
+    assert torch.isnan(m.gap).all()
+    last = measure_step(x_prev, x_next, 0.5, 0.0, None)   # the clean norm falls back to the latent
+    assert torch.allclose(last.clean, item_norm(x_next))
+
+
+def test_guidance_gap_is_wens_noise_difference():
+    c, u = torch.zeros(2, 4, 2, 2), torch.ones(2, 4, 2, 2)
+    assert torch.allclose(guidance_gap(c, u, 2.0), torch.full((2,), 4.0 / 2.0))
+    assert guidance_gap(c, None, 2.0) is None
+
+
+def test_update_energy_map_keeps_spatial_dims():
+    x = torch.zeros(2, 4, 3, 5, 5)
+    y = x.clone()
+    y[:, :, 1, 2, 3] = 1.0
+    e = update_energy_map(x, y, 0.0, 0.0)
+    assert e.shape == (2, 3, 5, 5)
+    assert e[:, 1, 2, 3].eq(4.0).all() and e.sum() == 8.0
+    assert torch.allclose(to_vp(torch.ones(1), 1.0), torch.tensor([1 / math.sqrt(2)]))

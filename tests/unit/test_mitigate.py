@@ -1,0 +1,43 @@
+import math
+
+import torch
+
+from memguard.core.measures import item_norm, to_vp
+from memguard.core.mitigate import guided, shifted_prediction, stability_correction
+
+
+def test_rescale_sets_the_clean_norm_when_clamps_are_loose():
+    torch.manual_seed(0)
+    x_prev, x_next, d = torch.randn(3, 4, 4, 4), torch.randn(3, 4, 4, 4), torch.randn(3, 4, 4, 4) * 5
+    wide = (0.0, 1e9)
+    out = stability_correction(x_prev, x_next, d, 2.0, 1.0, clean_mean=3.0, update_band=wide,
+                               latent_band=wide, strong=torch.zeros(3, dtype=torch.bool))
+    d_new = d * (3.0 / item_norm(d)).view(-1, 1, 1, 1)
+    assert torch.allclose(out, x_next + (d_new - d), atol=1e-5)   # coefficient 1 in x-space
+
+
+def test_update_clamp_for_strong_items_only():
+    torch.manual_seed(1)
+    x_prev, x_next, d = torch.randn(2, 4, 4, 4), torch.randn(2, 4, 4, 4) * 50, torch.randn(2, 4, 4, 4)
+    out = stability_correction(x_prev, x_next, d, 2.0, 1.0, clean_mean=1.0, update_band=(0.5, 1.0),
+                               latent_band=(0.0, 1e9), strong=torch.tensor([True, False]))
+    n_upd = item_norm(to_vp(out, 1.0) - to_vp(x_prev, 2.0))
+    assert abs(float(n_upd[0]) - 1.0) < 1e-4
+    assert n_upd[1] > 1.0
+
+
+def test_latent_clamp_for_every_item():
+    torch.manual_seed(2)
+    x_prev, x_next, d = torch.randn(2, 4, 4, 4), torch.randn(2, 4, 4, 4) * 50, torch.randn(2, 4, 4, 4)
+    out = stability_correction(x_prev, x_next, d, 2.0, 1.0, clean_mean=1.0, update_band=(0.0, 1e9),
+                               latent_band=(0.0, 6.0), strong=torch.tensor([True, False]))
+    assert torch.allclose(item_norm(to_vp(out, 1.0)), torch.full((2,), 6.0), atol=1e-4)
+
+
+def test_guided_per_item_scales_and_shift():
+    c, u = torch.ones(2, 3), torch.zeros(2, 3)
+    out = guided(c, u, torch.tensor([7.5, 0.0]))
+    assert torch.equal(out[0], torch.full((3,), 7.5)) and torch.equal(out[1], torch.zeros(3))
+    d, x, x2 = torch.zeros(1, 2), torch.ones(1, 2), torch.full((1, 2), 3.0)
+    assert torch.equal(shifted_prediction(d, x, x2), torch.full((1, 2), 2.0))
+    assert math.isclose(float(guided(c, u, torch.tensor([1.0, 1.0])).sum()), 6.0)

@@ -1,0 +1,119 @@
+"""The guarded sampler on an analytic toy model (tests/unit/toy.py)."""
+
+import pytest
+import torch
+
+from memguard.core.guard import GuardConfig
+from memguard.core.region import RegionMismatch
+from memguard.core.sampling import calibrate, cfg_pair, guarded_sample, plain_sample
+from memguard.core.settings import RunSettings
+
+from toy_model import denoise, karras
+
+STEPS, SHAPE, CFG = 12, (4, 6, 6), 7.5
+SIGMAS = karras(STEPS)
+
+
+def settings(sampler="euler", steps=STEPS, shape=SHAPE, cfg=CFG):
+    return RunSettings("toy", sampler, "karras", steps, cfg, shape)
+
+
+def mus(n, scale, seed):
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn(n, *SHAPE, generator=g) * scale
+
+
+def noise(n, seed, shape=SHAPE):
+    return torch.randn(n, *shape, generator=torch.Generator().manual_seed(seed)) * SIGMAS[0]
+
+
+@pytest.fixture(scope="module")
+def region():
+    runs = [(cfg_pair(denoise, mus(8, 0.3, s), torch.zeros(8, *SHAPE)), noise(8, 100 + s)) for s in range(6)]
+    return calibrate(runs, SIGMAS, settings(), CFG)
+
+
+def test_detect_mode_is_bit_identical_to_plain_sampling(region):
+    pair = cfg_pair(denoise, torch.cat([mus(3, 0.3, 50), mus(1, 4.0, 51)]), torch.zeros(4, *SHAPE))
+    x = noise(4, 7)
+    plain = plain_sample(pair, x, SIGMAS, CFG)
+    guarded = guarded_sample(pair, x, SIGMAS, settings(), CFG, region=region)
+    assert torch.equal(plain, guarded.latent)
+    flagged = [it.flagged for it in guarded.report.items]
+    assert flagged == [False, False, False, True]
+
+
+def test_euler_and_ddim_agree():
+    pair = cfg_pair(denoise, mus(2, 0.3, 1), torch.zeros(2, *SHAPE))
+    a = plain_sample(pair, noise(2, 3), SIGMAS, CFG, "euler")
+    b = plain_sample(pair, noise(2, 3), SIGMAS, CFG, "ddim")
+    assert torch.allclose(a, b, atol=1e-4)
+
+
+@pytest.mark.parametrize("strategy,exact", [("stability", True), ("stability", False),
+                                            ("delayed_guidance", True), ("delayed_guidance", False)])
+def test_mitigation_touches_only_flagged_items(region, strategy, exact):
+    pair = cfg_pair(denoise, torch.cat([mus(3, 0.3, 60), mus(1, 4.0, 61)]), torch.zeros(4, *SHAPE))
+    x = noise(4, 8)
+    plain = plain_sample(pair, x, SIGMAS, CFG)
+    r = guarded_sample(pair, x, SIGMAS, settings(), CFG, region=region,
+                       config=GuardConfig(mode="mitigate", strategy=strategy, exact=exact))
+    assert torch.equal(r.latent[:3], plain[:3])
+    assert not torch.equal(r.latent[3], plain[3])
+    item = r.report.items[3]
+    assert item.flagged and item.active_steps
+    if strategy == "stability":
+        assert item.corrected_steps
+    else:
+        assert item.guidance_off_steps
+    assert (r.report.extra_model_calls > 0) == exact
+
+
+def test_non_finite_latents_are_reported_not_raised(region):
+    pair = cfg_pair(denoise, mus(2, 0.3, 70), torch.zeros(2, *SHAPE))
+    x = noise(2, 9)
+    x[1, 0, 0, 0] = float("nan")
+    r = guarded_sample(pair, x, SIGMAS, settings(), CFG, region=region, config=GuardConfig(mode="mitigate"))
+    assert r.report.items[1].verdict.startswith("invalid: non-finite")
+    assert r.report.items[1].non_finite_step == 0
+    assert r.report.items[0].verdict == "clean"
+    assert any("non-finite" in n for n in r.report.notes)
+    r.report.to_json()   # NaNs never reach the JSON
+
+
+def test_empty_batch(region):
+    pair = cfg_pair(denoise, torch.zeros(0, *SHAPE), torch.zeros(0, *SHAPE))
+    r = guarded_sample(pair, torch.zeros(0, *SHAPE), SIGMAS, settings(), CFG, region=region)
+    assert r.latent.shape == (0, *SHAPE) and r.report.items == []
+
+
+def test_more_steps_than_calibrated_is_a_clear_error(region):
+    pair = cfg_pair(denoise, mus(1, 0.3, 1), torch.zeros(1, *SHAPE))
+    with pytest.raises(RegionMismatch, match="steps: calibrated 12, this run 20"):
+        guarded_sample(pair, noise(1, 1), karras(20), settings(steps=20), CFG, region=region)
+
+
+def test_settings_must_match_the_sigmas():
+    pair = cfg_pair(denoise, mus(1, 0.3, 1), torch.zeros(1, *SHAPE))
+    with pytest.raises(ValueError, match="13 steps but its settings say 12"):
+        guarded_sample(pair, noise(1, 1), karras(13), settings(), CFG)
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_low_precision_latents(region, dtype):
+    pair = cfg_pair(denoise, torch.cat([mus(1, 0.3, 80), mus(1, 4.0, 81)]).to(dtype), torch.zeros(2, *SHAPE, dtype=dtype))
+    r = guarded_sample(pair, noise(2, 10).to(dtype), SIGMAS, settings(), CFG, region=region,
+                       config=GuardConfig(mode="mitigate"))
+    assert r.latent.dtype == dtype
+    assert [it.flagged for it in r.report.items] == [False, True]
+
+
+def test_video_latents_and_cfg_one_is_never_clean():
+    shape = (4, 3, 4, 4)
+    pair = cfg_pair(denoise, torch.zeros(2, *shape), torch.zeros(2, *shape))
+    x = torch.randn(2, *shape) * SIGMAS[0]
+    r = guarded_sample(pair, x, SIGMAS, settings(shape=shape, cfg=1.0), 1.0)
+    assert r.latent.shape == (2, *shape)
+    assert all(it.verdict.startswith("unavailable: no classifier-free guidance") for it in r.report.items)
+    assert all(not it.flagged for it in r.report.items)
+    assert r.guard.heat_map(8, 8).shape == (2, 8, 8)
