@@ -9,7 +9,7 @@ what it returns. The guard never calls the model itself, so it works with any sa
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import torch
 
@@ -60,6 +60,8 @@ class StabilityGuard:
 
     def __init__(self, settings: RunSettings, sigmas: torch.Tensor, batch: int,
                  region: StabilityRegion | None = None, config: GuardConfig = GuardConfig()):
+        if not settings.sigmas:
+            settings = replace(settings, sigmas=tuple(float(s) for s in sigmas))
         if region is not None:
             region.check(settings)
         self.settings, self.region, self.config = settings, region, config

@@ -13,7 +13,7 @@ noise * sigmas[0] (plus the latent when denoising less than fully).
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Protocol
 
 import torch
@@ -176,6 +176,8 @@ def calibrate(runs: Iterable[tuple[PairDenoiser, torch.Tensor]], sigmas: torch.T
               cfg: float, sampler: str | None = None, meta: dict | None = None,
               progress: Callable[[int], None] | None = None) -> StabilityRegion:
     """A stability region from trajectories on ordinary prompts, accumulated run by run."""
+    if not settings.sigmas:
+        settings = replace(settings, sigmas=tuple(float(s) for s in sigmas))
     builder = RegionBuilder(settings)
     done = 0
     for pair, x in runs:

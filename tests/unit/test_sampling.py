@@ -93,6 +93,13 @@ def test_more_steps_than_calibrated_is_a_clear_error(region):
         guarded_sample(pair, noise(1, 1), karras(20), settings(steps=20), CFG, region=region)
 
 
+def test_another_noise_schedule_is_named(region):
+    pair = cfg_pair(denoise, mus(1, 0.3, 1), torch.zeros(1, *SHAPE))
+    other = karras(STEPS, sigma_min=0.1)
+    with pytest.raises(RegionMismatch, match="noise schedule: calibrated sigmas 14.6..0.03, this run 14.6..0.1"):
+        guarded_sample(pair, noise(1, 1), other, settings(), CFG, region=region)
+
+
 def test_settings_must_match_the_sigmas():
     pair = cfg_pair(denoise, mus(1, 0.3, 1), torch.zeros(1, *SHAPE))
     with pytest.raises(ValueError, match="13 steps but its settings say 12"):
