@@ -35,8 +35,9 @@ class TestbedError(ValueError):
 class Testbed:
     __test__ = False
 
-    def __init__(self, unet: TestbedUNet, text: TextEncoder, vocab: list[str], identity: str):
+    def __init__(self, unet: TestbedUNet, text: TextEncoder, vocab: list[str], identity: str, training: dict | None = None):
         self.unet, self.text, self.vocab, self.identity = unet, text, vocab, identity
+        self.training = dict(training or {})   # how it was trained: seed, steps, batch (replays the stream)
         self.config: TestbedConfig = unet.cfg
         self.schedule = DiscreteSchedule()
         self._null = None
@@ -101,4 +102,4 @@ def load_testbed(path: str | Path | None = None, device: str | torch.device = "c
     unet.eval().requires_grad_(False).to(device)
     text.eval().requires_grad_(False).to(device)
     digest = hashlib.sha256(path.read_bytes()).hexdigest()[:12]
-    return Testbed(unet, text, vocab, identity=f"testbed-{digest}")
+    return Testbed(unet, text, vocab, identity=f"testbed-{digest}", training=json.loads(meta.get("training", "{}")))

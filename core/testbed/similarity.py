@@ -46,18 +46,21 @@ def ssim(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     return s.flatten(1).mean(dim=1)
 
 
-def nearest_neighbours(generated: torch.Tensor, batches: Callable[[int], torch.Tensor], n_batches: int,
+def luminance_bank(batches: Callable[[int], torch.Tensor], n_batches: int) -> torch.Tensor:
+    """Unit-normalised, mean-free luminance vectors [N, H*W] of every image of a replayed stream."""
+    return torch.cat([_unit(luminance(batches(k))) for k in range(n_batches)])
+
+
+def nearest_neighbours(generated: torch.Tensor, bank: torch.Tensor, chunk: int = 16384,
                        ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Exact search: for each generation, the largest luminance correlation with any training image
-    of the stream, and the (batch, row) index flattened as batch * 1_000_000 + row."""
+    """Exact search: each generation's largest luminance correlation with any image in the bank,
+    and that image's index in the bank."""
     q = _unit(luminance(generated))
     best = torch.full((q.shape[0],), -2.0)
     where = torch.full((q.shape[0],), -1, dtype=torch.long)
-    for k in range(n_batches):
-        t = _unit(luminance(batches(k)))
-        corr = q @ t.T
-        val, idx = corr.max(dim=1)
+    for start in range(0, bank.shape[0], chunk):
+        val, idx = (q @ bank[start:start + chunk].T).max(dim=1)
         better = val > best
         best = torch.where(better, val, best)
-        where = torch.where(better, k * 1_000_000 + idx, where)
+        where = torch.where(better, start + idx, where)
     return best, where

@@ -1,0 +1,214 @@
+"""Benchmark of the core engine on the memorizing testbed (issue: core engine).
+
+    python scripts/bench_core.py [--out bench_out/core] [--seeds-per-memorized 12]
+
+Calibrates on 50 ordinary prompts x 2 seeds, then samples memorized, novel and control
+generations (disjoint from calibration) plainly, with detection, and with each mitigation, and
+prints: ground truth per generation (a copy = luminance correlation >= 0.9 with its nearest
+neighbour in the replayed training stream), AUC and TPR at 1 % FPR for each score, memorization
+rates, how many non-memorized generations mitigation touched and by how much, and wall-time
+ratios guarded / plain measured in this run. Nothing here is a test: it prints measurements.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repo root, for `core`
+
+from core.detect import SCORES, roc_auc, tpr_at_fpr  # noqa: E402
+from core.guard import GuardConfig  # noqa: E402
+from core.region_file import save_region  # noqa: E402
+from core.sampling import calibrate, guarded_sample, plain_sample  # noqa: E402
+from core.settings import RunSettings  # noqa: E402
+from core.testbed import load_testbed  # noqa: E402
+from core.testbed.dataset import TrainingStream, all_general_combos, general_caption, memorized_image, special_items  # noqa: E402
+from core.testbed.similarity import COPY_THRESHOLD, luminance_bank, luminance_correlation, nearest_neighbours, ssim  # noqa: E402
+
+STEPS, CFG, SAMPLER, SCHEDULER = 50, 7.5, "ddim", "normal"
+
+
+def prompt_sets(seeds_per_memorized: int, seeds_per_control: int, novel: int):
+    combos = all_general_combos()
+    order = torch.randperm(len(combos), generator=torch.Generator().manual_seed(4242)).tolist()
+    general = [general_caption(*combos[i]) for i in order]
+    calib = [(c, 1000 + 2 * i + s) for i, c in enumerate(general[:50]) for s in range(2)]
+    novel_set = [(c, 5000 + i) for i, c in enumerate(general[50:50 + novel])]
+    items = special_items()
+    memorized = [(it.caption, 9000 + 100 * k + s) for k, it in enumerate(i for i in items if i.kind == "memorized")
+                 for s in range(seeds_per_memorized)]
+    control = [(it.caption, 7000 + 100 * k + s) for k, it in enumerate(i for i in items if i.kind != "memorized")
+               for s in range(seeds_per_control)]
+    return calib, memorized, novel_set, control
+
+
+def run_chunks(tb, jobs, fn, chunk):
+    """Apply fn(pair, x) -> latent (or result) to the jobs in chunks; returns the list of outputs."""
+    out = []
+    for i in range(0, len(jobs), chunk):
+        part = jobs[i:i + chunk]
+        caps, seeds = [c for c, _ in part], [s for _, s in part]
+        out.append(fn(tb.pair(caps), tb.noise(seeds)))
+    return out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--weights", type=Path, default=None)
+    ap.add_argument("--out", type=Path, default=Path("bench_out/core"))
+    ap.add_argument("--seeds-per-memorized", type=int, default=12)
+    ap.add_argument("--seeds-per-control", type=int, default=10)
+    ap.add_argument("--novel", type=int, default=100)
+    ap.add_argument("--chunk", type=int, default=66)
+    ap.add_argument("--timing-repeats", type=int, default=3, help="0 skips the timing")
+    ap.add_argument("--threads", type=int, default=2)
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+    args.out.mkdir(parents=True, exist_ok=True)
+
+    tb = load_testbed(args.weights) if args.weights else load_testbed()
+    sigmas = tb.schedule.sigmas_for(STEPS, SCHEDULER)
+    settings = RunSettings(tb.identity, SAMPLER, SCHEDULER, STEPS, CFG, tb.latent_shape)
+    calib, memorized, novel, control = prompt_sets(args.seeds_per_memorized, args.seeds_per_control, args.novel)
+    tests = memorized + novel + control
+    kind = ["memorized"] * len(memorized) + ["novel"] * len(novel) + ["control"] * len(control)
+    print(f"testbed {tb.identity}: {SAMPLER}/{SCHEDULER} {STEPS} steps, cfg {CFG}; "
+          f"{len(calib)} calibration runs, {len(memorized)} memorized-prompt, {len(novel)} novel and "
+          f"{len(control)} control generations")
+
+    # -- calibration --------------------------------------------------------------------------
+    t0 = time.perf_counter()
+    runs = ((tb.pair([c for c, _ in calib[i:i + args.chunk]]), tb.noise([s for _, s in calib[i:i + args.chunk]]) * sigmas[0])
+            for i in range(0, len(calib), args.chunk))
+    region = calibrate(runs, sigmas, settings, CFG, meta={"prompts": sorted({c for c, _ in calib}), "seeds_per_prompt": 2})
+    save_region(region, args.out / "testbed_region.safetensors")
+    print(f"calibrated in {time.perf_counter() - t0:.1f}s")
+
+    def plain(pair, x):
+        return plain_sample(pair, x * sigmas[0], sigmas, CFG, SAMPLER)
+
+    def guarded(config):
+        return lambda pair, x: guarded_sample(pair, x * sigmas[0], sigmas, settings, CFG, region=region, config=config)
+
+    # -- plain, detect, mitigate --------------------------------------------------------------
+    base = torch.cat(run_chunks(tb, tests, plain, args.chunk))
+    det = run_chunks(tb, tests, guarded(GuardConfig(mode="detect")), args.chunk)
+    det_latent = torch.cat([r.latent for r in det])
+    det_items = [it for r in det for it in r.report.items]
+    strategies = {f"{s}/{'exact' if e else 'cheap'}": GuardConfig(mode="mitigate", strategy=s, exact=e)
+                  for s in ("stability", "delayed_guidance") for e in (True, False)}
+    mitigated = {}
+    for name, cfg in strategies.items():
+        res = run_chunks(tb, tests, guarded(cfg), args.chunk)
+        mitigated[name] = (torch.cat([r.latent for r in res]), [it for r in res for it in r.report.items])
+
+    # -- ground truth -------------------------------------------------------------------------
+    images = tb.decode(base)
+    steps, batch = int(tb.training["steps"]), int(tb.training["batch"])
+    stream = TrainingStream(int(tb.training["seed"]), batch)
+    t0 = time.perf_counter()
+    bank = luminance_bank(lambda k: stream.batch(k)[0], steps)
+    print(f"\nreplayed the training stream ({bank.shape[0]} images) in {time.perf_counter() - t0:.0f}s")
+    nn_corr, _ = nearest_neighbours(images, bank)
+    memo_ref = {it.caption: memorized_image(it) for it in special_items() if it.kind == "memorized"}
+    copy = nn_corr >= COPY_THRESHOLD
+
+    def copies_of(latents):
+        imgs = tb.decode(latents)
+        corr, _ = nearest_neighbours(imgs, bank)
+        return corr >= COPY_THRESHOLD, corr
+
+    idx_m = [i for i, k in enumerate(kind) if k == "memorized"]
+    idx_n = [i for i, k in enumerate(kind) if k != "memorized"]
+    ref = torch.stack([memo_ref[tests[i][0]] for i in idx_m])
+    corr_ref = luminance_correlation(images[idx_m], ref)
+    ssim_ref = ssim(images[idx_m], ref)
+    print(f"\nground truth (copy = nearest-neighbour luminance correlation >= {COPY_THRESHOLD} over "
+          f"{steps * batch} replayed training images)")
+    for k in ("memorized", "novel", "control"):
+        ids = [i for i, kk in enumerate(kind) if kk == k]
+        print(f"  {k:9s}: {int(copy[ids].sum())}/{len(ids)} generations are copies "
+              f"(NN corr median {float(nn_corr[ids].median()):.3f}, max {float(nn_corr[ids].max()):.3f})")
+    print(f"  memorized prompts vs their training image: corr median {float(corr_ref.median()):.3f}, "
+          f"SSIM median {float(ssim_ref.median()):.3f}; corr>=0.9 agrees with NN copy for "
+          f"{int(((corr_ref >= COPY_THRESHOLD) == copy[idx_m]).sum())}/{len(idx_m)}")
+    per_prompt = {}
+    for i in idx_m:
+        per_prompt.setdefault(tests[i][0], []).append(bool(copy[i]))
+    print("  per memorized prompt, copies/seeds: " + ", ".join(f"{sum(v)}/{len(v)}" for v in per_prompt.values()))
+
+    # -- detection ----------------------------------------------------------------------------
+    pos = [i for i in idx_m if copy[i]]
+    neg = [i for i in idx_n if not copy[i]]
+    print(f"\ndetection: {len(pos)} copies vs {len(neg)} novel+control generations")
+    results = {"detection": {}}
+    for s in SCORES:
+        v = torch.tensor([float("nan") if det_items[i].scores[s] is None else det_items[i].scores[s] for i in range(len(tests))])
+        auc, tpr = roc_auc(v[pos], v[neg]), tpr_at_fpr(v[pos], v[neg], 0.01)
+        results["detection"][s] = {"auc": auc, "tpr_at_1pct_fpr": tpr}
+        print(f"  score {s:5s}: AUC {auc:.4f}  TPR@1%FPR {tpr:.3f}")
+    flagged = torch.tensor([it.flagged for it in det_items])
+    print(f"  online flag: {int(flagged[pos].sum())}/{len(pos)} copies flagged, "
+          f"{int(flagged[neg].sum())}/{len(neg)} non-memorized flagged")
+    firsts = [det_items[i].first_flagged_step for i in pos if det_items[i].first_flagged_step is not None]
+    if firsts:
+        print(f"  first flagged step of copies: median {statistics.median(firsts)}, max {max(firsts)}")
+    print(f"  detect mode bit-identical to plain: {torch.equal(det_latent, base)}")
+    zc = lambda ids, q: torch.tensor([[v if v is not None else float("nan") for v in det_items[i].zscores[q]] for i in ids])  # noqa: E731
+    for q in ("update", "clean", "latent", "gap"):
+        zp, zn = zc(pos, q), zc(neg, q)
+        cols = [0, 1, 2, 3, 4, 5, 7, 10, 15, 20, 30, 40, 49]
+        print(f"  median z_{q:6s} copies: " + " ".join(f"{float(zp[:, c].nanmedian()):6.1f}" for c in cols))
+        print(f"  median z_{q:6s} others: " + " ".join(f"{float(zn[:, c].nanmedian()):6.1f}" for c in cols))
+
+    # -- mitigation ---------------------------------------------------------------------------
+    print(f"\nmemorization rate on memorized prompts: detection only {float(copy[idx_m].float().mean()) * 100:.1f} %")
+    results["mitigation"] = {}
+    for name, (lat, items) in mitigated.items():
+        is_copy, _ = copies_of(lat[idx_m])
+        touched = [i for i in idx_n if not torch.equal(lat[i], base[i])]
+        change = max((float((tb.decode(lat[i:i + 1]) - tb.decode(base[i:i + 1])).abs().max()) for i in touched), default=0.0)
+        rate = float(is_copy.float().mean()) * 100
+        results["mitigation"][name] = {"memorization_rate": rate, "non_memorized_touched": len(touched),
+                                       "largest_pixel_change": change,
+                                       "extra_model_calls": sum(1 for it in items if it.corrected_steps or it.guidance_off_steps)}
+        print(f"  {name:25s}: {rate:5.1f} % copies; non-memorized touched {len(touched)}/{len(idx_n)} "
+              f"({100 - 100 * len(touched) / len(idx_n):.1f} % bit-identical), largest pixel change {change:.3f}")
+
+    # -- timing -------------------------------------------------------------------------------
+    def timed(fn, jobs):
+        t = time.perf_counter()
+        run_chunks(tb, jobs, fn, args.chunk)
+        return time.perf_counter() - t
+
+    if args.timing_repeats <= 0:
+        (args.out / "results.json").write_text(json.dumps(results, indent=2))
+        return
+    print(f"\nwall time, same seeds, interleaved, best of {args.timing_repeats} (threads={args.threads})")
+    best_mit = max(results["mitigation"], key=lambda n: -results["mitigation"][n]["memorization_rate"])
+    nonmem = [tests[i] for i in idx_n]
+    pairs = {"detect (all)": (tests, guarded(GuardConfig(mode="detect"))),
+             f"mitigate {best_mit} (non-memorized)": (nonmem, guarded(strategies[best_mit]))}
+    results["timing"] = {}
+    for label, (jobs, fn) in pairs.items():
+        tp, tg = [], []
+        for _ in range(args.timing_repeats):
+            tp.append(timed(plain, jobs))
+            tg.append(timed(fn, jobs))
+        ratio = min(tg) / min(tp)
+        results["timing"][label] = {"plain_s": min(tp), "guarded_s": min(tg), "ratio": ratio}
+        print(f"  {label:45s}: plain {min(tp):.2f}s guarded {min(tg):.2f}s ratio {ratio:.4f}")
+
+    (args.out / "results.json").write_text(json.dumps(results, indent=2))
+    print(f"\nwrote {args.out / 'results.json'}")
+
+
+if __name__ == "__main__":
+    main()
