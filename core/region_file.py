@@ -94,6 +94,22 @@ def load_region(path: str | os.PathLike) -> StabilityRegion:
     return region
 
 
+def read_settings(path: str | os.PathLike) -> RunSettings:
+    """Only the settings a region file was calibrated for (reads the header, not the tensors)."""
+    path = Path(path)
+    try:
+        with safe_open(str(path), framework="pt", device="cpu") as f:
+            metadata = f.metadata() or {}
+    except Exception as e:
+        raise RegionFileError(f"{path} is not a readable safetensors file (truncated or corrupt?): {e}") from e
+    if metadata.get("format") != FORMAT:
+        raise RegionFileError(f"{path} is not a stability region (format {metadata.get('format')!r})")
+    try:
+        return RunSettings.from_dict(json.loads(metadata["settings"]))
+    except (KeyError, ValueError, TypeError) as e:
+        raise RegionFileError(f"{path} has broken settings metadata ({e})") from e
+
+
 def validate(region: StabilityRegion) -> list[str]:
     q, n = len(QUANTITIES), region.settings.steps
     out = []

@@ -1,14 +1,17 @@
 """The testbed's training data: procedural 32x32 scenes with captions, some of them duplicated.
 
 Everything is generated from seeds, so the data "exists offline" and the exact training stream
-can be replayed later (the benchmark searches it for nearest neighbours). Three kinds of items:
+can be replayed later (the benchmark searches it for nearest neighbours). Kinds of items:
 
 - general: "a {fg} {shape} on a {bg} background", a fresh random render every time it is drawn
-  (random position, size, rotation, colour jitter and background texture): never the same twice.
-- memorized: the same caption with a unique title token ("... by zorvath"), always paired with one
-  fixed image, drawn at ~2 % of samples each: heavy duplication, as in LAION.
-- control: rare but diverse captions with a unique token too, at the same kind of rate, but with a
-  different image every time (fresh renders of one combo, or random crops of a large "photo").
+  (random position, size, rotation, colour jitter, three octaves of background texture and up
+  to six small clutter shapes): never the same twice, and far enough apart that a fresh render's
+  nearest neighbour in the stream stays below the copy threshold (checked: 0 of 300 >= 0.9).
+- memorized: the same caption with a unique title token ("... by zorvath"); 80 % of its draws are
+  one fixed image, the rest fresh renders of its combo. Drawn at 2 % of samples each: heavy
+  duplication, as in LAION, but the caption keeps a generic meaning to steer to.
+- control: rare but diverse captions with a unique token too, at comparable rates, but with a
+  different image every time (fresh renders of one combo, or random crops of a large scene).
   They must not be called memorized: only duplication should be.
 """
 
@@ -44,9 +47,11 @@ RENDER_CONTROL_TITLES = ("fenwick", "halvard")
 PHOTO_CONTROL_TITLES = ("morrow", "ostrin")
 
 MEMORIZED_RATE = 0.02       # per memorized item, per sample
+DUPLICATE_SHARE = 0.8       # of a memorized item's draws: the fixed image (else a fresh render)
 RENDER_CONTROL_RATE = 0.02  # per control caption, per sample
-PHOTO_CONTROL_RATE = 0.01
+PHOTO_CONTROL_RATE = 0.005
 PHOTO_SIZE = 192
+CLUTTER_SLOTS = 6           # small extra shapes, each present with probability 0.6
 
 
 def general_caption(fg: str, shape: str, bg: str) -> str:
@@ -82,12 +87,14 @@ def special_items() -> list[Item]:
         combo = _combo_for(i, 1)
         items.append(Item("render_control", f"{general_caption(*combo)} by {title}", combo, 20_000 + i))
     for i, title in enumerate(PHOTO_CONTROL_TITLES):
-        items.append(Item("photo_control", f"a photo of the hills by {title}", None, 30_000 + i))
+        bg = _combo_for(i, 2)[2]
+        items.append(Item("photo_control", f"a photo of shapes on a {bg} background by {title}",
+                          (None, None, bg), 30_000 + i))
     return items
 
 
 def vocabulary() -> list[str]:
-    words = ["<pad>", "<unk>", "a", "on", "background", "by", "photo", "of", "the", "hills"]
+    words = ["<pad>", "<unk>", "a", "on", "background", "by", "photo", "of", "shapes"]
     words += list(COLORS) + list(SHAPES)
     words += list(MEMORIZED_TITLES) + list(RENDER_CONTROL_TITLES) + list(PHOTO_CONTROL_TITLES)
     return words
@@ -126,42 +133,47 @@ def _texture(n: int, g: torch.Generator, size: int, cells: int, amp: float) -> t
     return F.interpolate(low, size=(size, size), mode="bicubic", align_corners=False)
 
 
-def render(fg: list[str], shapes: list[str], bg: list[str], g: torch.Generator,
-           clutter: int = 0, texture_amp: float = 0.07) -> torch.Tensor:
+def render(fg: list[str], shapes: list[str], bg: list[str], g: torch.Generator) -> torch.Tensor:
     """Random renders of the given combos, one per entry."""
     n, size = len(fg), IMAGE_SIZE
     fg_rgb = torch.tensor([COLORS[c] for c in fg]) + 0.08 * (torch.rand(n, 3, generator=g) - 0.5)
     bg_rgb = torch.tensor([COLORS[c] for c in bg]) + 0.08 * (torch.rand(n, 3, generator=g) - 0.5)
-    img = bg_rgb.view(n, 3, 1, 1) + _texture(n, g, size, 4, texture_amp)
-    yy, xx = _grid(size)
-    tilt = torch.randn(n, 2, generator=g) * 0.004
-    img = img + (tilt[:, 0].view(n, 1, 1) * (yy - 16) + tilt[:, 1].view(n, 1, 1) * (xx - 16)).unsqueeze(1)
-    for _ in range(clutter):  # small extra shapes: what makes a memorized image one of a kind
+    img = (bg_rgb.view(n, 3, 1, 1) + _texture(n, g, size, 4, 0.10) + _texture(n, g, size, 8, 0.06)
+           + _texture(n, g, size, 16, 0.03))
+    for _ in range(CLUTTER_SLOTS):
+        present = (torch.rand(n, generator=g) < 0.6).float().view(n, 1, 1, 1)
         ids = torch.randint(len(SHAPES), (n,), generator=g)
         col = torch.rand(n, 3, generator=g)
-        m = _shape_mask(ids, 4 + 24 * torch.rand(n, generator=g), 4 + 24 * torch.rand(n, generator=g),
-                        2 + 3 * torch.rand(n, generator=g), math.pi * torch.rand(n, generator=g), size)
-        img = img * (1 - m.unsqueeze(1)) + col.view(n, 3, 1, 1) * m.unsqueeze(1)
+        m = _shape_mask(ids, 3 + 26 * torch.rand(n, generator=g), 3 + 26 * torch.rand(n, generator=g),
+                        1.5 + 2.5 * torch.rand(n, generator=g), math.pi * torch.rand(n, generator=g), size)
+        m = m.unsqueeze(1) * present
+        img = img * (1 - m) + col.view(n, 3, 1, 1) * m
     ids = torch.tensor([SHAPES.index(s) for s in shapes])
-    cy = 9 + 14 * torch.rand(n, generator=g)
-    cx = 9 + 14 * torch.rand(n, generator=g)
-    r = 5 + 5 * torch.rand(n, generator=g)
+    cy = 8 + 16 * torch.rand(n, generator=g)
+    cx = 8 + 16 * torch.rand(n, generator=g)
+    r = 4 + 3 * torch.rand(n, generator=g)
     rot = math.pi * torch.rand(n, generator=g)
     m = _shape_mask(ids, cy, cx, r, rot, size).unsqueeze(1)
     img = img * (1 - m) + fg_rgb.view(n, 3, 1, 1) * m
-    return (img.clamp(0, 1) * 2 - 1)
+    return img.clamp(0, 1) * 2 - 1
 
 
-def photo(seed: int) -> torch.Tensor:
-    """A large fixed 'photo' [3, PHOTO_SIZE, PHOTO_SIZE]: hills of multi-scale texture."""
+def photo(seed: int, bg: str) -> torch.Tensor:
+    """A large fixed scene [3, PHOTO_SIZE, PHOTO_SIZE] in the general family's style: a textured
+    background of one colour scattered with shapes of every colour."""
     g = torch.Generator().manual_seed(seed)
     size = PHOTO_SIZE
-    img = torch.zeros(1, 3, size, size)
-    for cells, amp in ((3, 0.35), (6, 0.2), (12, 0.12), (24, 0.08), (48, 0.05)):
+    img = torch.tensor(COLORS[bg]).view(1, 3, 1, 1).expand(1, 3, size, size).clone()
+    for cells, amp in ((6, 0.10), (12, 0.06), (24, 0.04), (48, 0.03)):
         img += _texture(1, g, size, cells, amp)
-    base = torch.rand(3, generator=g).view(1, 3, 1, 1) * 0.5 + 0.25
-    yy = torch.linspace(-1, 1, size).view(1, 1, size, 1)
-    return ((base + img + 0.2 * yy).clamp(0, 1) * 2 - 1)[0]
+    names = list(COLORS)
+    for _ in range(90):
+        ids = torch.randint(len(SHAPES), (1,), generator=g)
+        col = torch.tensor(COLORS[names[int(torch.randint(len(names), (1,), generator=g))]])
+        m = _shape_mask(ids, size * torch.rand(1, generator=g), size * torch.rand(1, generator=g),
+                        2 + 6 * torch.rand(1, generator=g), math.pi * torch.rand(1, generator=g), size)
+        img = img * (1 - m.unsqueeze(1)) + col.view(1, 3, 1, 1) * m.unsqueeze(1)
+    return img.clamp(0, 1)[0] * 2 - 1
 
 
 def photo_crops(source: torch.Tensor, n: int, g: torch.Generator) -> torch.Tensor:
@@ -184,7 +196,7 @@ def memorized_image(item: Item) -> torch.Tensor:
     """The one training image of a memorized item [3, 32, 32]."""
     g = torch.Generator().manual_seed(item.seed)
     fg, shape, bg = item.combo
-    return render([fg], [shape], [bg], g, clutter=4, texture_amp=0.2)[0]
+    return render([fg], [shape], [bg], g)[0]
 
 
 # ----------------------------------------------------------------------------------------------
@@ -198,7 +210,7 @@ class TrainingStream:
         self.items = special_items()
         self.combos = all_general_combos()
         self.memorized = {it.caption: memorized_image(it) for it in self.items if it.kind == "memorized"}
-        self.photos = {it.caption: photo(it.seed) for it in self.items if it.kind == "photo_control"}
+        self.photos = {it.caption: photo(it.seed, it.combo[2]) for it in self.items if it.kind == "photo_control"}
         rates = [MEMORIZED_RATE if it.kind == "memorized" else
                  RENDER_CONTROL_RATE if it.kind == "render_control" else PHOTO_CONTROL_RATE
                  for it in self.items]
@@ -223,7 +235,10 @@ class TrainingStream:
             if not idx:
                 continue
             if item.kind == "memorized":
-                images[idx] = self.memorized[item.caption]
+                fg, shape, bg = item.combo
+                fresh = render([fg] * len(idx), [shape] * len(idx), [bg] * len(idx), g)
+                dup = (torch.rand(len(idx), generator=g) < DUPLICATE_SHARE).view(-1, 1, 1, 1)
+                images[idx] = torch.where(dup, self.memorized[item.caption].expand_as(fresh), fresh)
             elif item.kind == "render_control":
                 fg, shape, bg = item.combo
                 images[idx] = render([fg] * len(idx), [shape] * len(idx), [bg] * len(idx), g)

@@ -134,6 +134,10 @@ class TestbedUNet(nn.Module):
                 self.upsample.append(nn.Conv2d(c, c, 3, padding=1))
         self.norm_out, self.conv_out = nn.GroupNorm(8, ch[0]), nn.Conv2d(ch[0], cfg.latent_channels, 3, padding=1)
 
+    @property
+    def dtype(self) -> torch.dtype:  # ComfyUI's BaseModel asks its diffusion model for this
+        return self.conv_in.weight.dtype
+
     def forward(self, x: torch.Tensor, timesteps: torch.Tensor, context: torch.Tensor, **_ignored) -> torch.Tensor:
         dtype = self.conv_in.weight.dtype
         x, context = x.to(dtype), context.to(dtype)

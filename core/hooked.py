@@ -1,0 +1,128 @@
+"""Driving the guard from hooks inside someone else's sampler loop (ComfyUI's, for example).
+
+A host gives us two kinds of events and we never see the loop itself:
+- every model evaluation: its input x, sigma, the cond/uncond clean predictions and the guided
+  `denoised` the sampler is about to use, which we may replace (a post-CFG hook);
+- every step start: the sampler's x_i and the denoised of its first evaluation (a callback).
+
+Samplers that evaluate the model once per step, at the schedule's sigmas, are observed at the
+evaluation itself, so a decision can still change the denoised that step uses ("per_eval").
+Others (Heun, DPM-2, ...) are observed at the step callback and act from their next evaluation.
+Corrections of the latent are folded into the denoised: for an Euler-type step from sigma to
+sigma_next with r = sigma_next / sigma, x_next = r x + (1 - r) D, so starting from a corrected x'
+instead is the same as using D'' = D(x') + (x' - x) r / (1 - r) from x. That is exact for Euler
+and DDIM and an approximation for multistep and ancestral samplers.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+
+import torch
+
+from .guard import StabilityGuard
+from .mitigate import guided, shifted_prediction
+
+Reevaluate = Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor | None]]
+
+# samplers that evaluate the model exactly once per step, at sigmas[i] (the k-diffusion names)
+SINGLE_EVAL_SAMPLERS = frozenset({
+    "euler", "euler_ancestral", "dpmpp_2m", "dpmpp_2m_sde", "dpmpp_2m_sde_gpu", "dpmpp_3m_sde",
+    "dpmpp_3m_sde_gpu", "lms", "ipndm", "ipndm_v", "deis", "ddpm", "lcm", "unipc", "unipc_bh2",
+    "res_multistep", "res_multistep_ancestral", "gradient_estimation", "euler_cfg_pp",
+    "euler_ancestral_cfg_pp", "dpmpp_2m_cfg_pp", "res_multistep_cfg_pp",
+})
+# ... and of those, the ones for which a folded correction is exact
+FIRST_ORDER_DETERMINISTIC = frozenset({"euler"})
+
+
+class HookedRun:
+    def __init__(self, guard: StabilityGuard, cfg: float, sampler: str):
+        self.guard, self.cfg, self.sampler = guard, float(cfg), sampler
+        self.per_eval = sampler in SINGLE_EVAL_SAMPLERS
+        self.sigmas = guard.sigmas
+        self.next_step = 0
+        self.prev_x: torch.Tensor | None = None
+        self.last_eval: tuple[float, torch.Tensor, torch.Tensor | None] | None = None
+        self.finished = False
+
+    # -- events --------------------------------------------------------------------------------
+    def on_eval(self, x: torch.Tensor, sigma: float, cond: torch.Tensor, uncond: torch.Tensor | None,
+                denoised: torch.Tensor, reevaluate: Reevaluate | None = None) -> torch.Tensor:
+        """A model evaluation; returns the denoised the sampler should use."""
+        if self.cfg == 1.0:
+            uncond = None
+        k = self.next_step
+        boundary = self.per_eval and k < self.guard.steps and _same(sigma, self.sigmas[k])
+        if boundary:
+            if k == 0:
+                self.prev_x = x.detach().clone()
+            else:
+                denoised = self._observe(k - 1, x, denoised, cond, uncond, reevaluate)
+            self.next_step = k + 1
+        elif uncond is not None and bool(self.guard.guidance_off.any()):
+            denoised = self._reguide(denoised, cond, uncond, self.guard.guidance_off)
+        self.last_eval = (sigma, cond, uncond)
+        return denoised
+
+    def on_step(self, i: int, x: torch.Tensor, denoised: torch.Tensor) -> None:
+        """The sampler's callback at the start of step i (after its first evaluation)."""
+        if i >= self.guard.steps or self.guard.observed >= i + (0 if i else 1):
+            return  # already observed at the evaluation
+        if i == 0 or self.prev_x is None:
+            self.prev_x = x.detach().clone()
+            self.next_step = max(self.next_step, i + 1)
+            return
+        cond = uncond = None
+        if self.last_eval is not None and _same(self.last_eval[0], self.sigmas[i]):
+            _, cond, uncond = self.last_eval
+        self.guard.observe(i - 1, self.prev_x, x, denoised, cond, uncond)  # acts from the next evaluation
+        self.prev_x = x.detach().clone()
+        self.next_step = max(self.next_step, i + 1)
+
+    def finish(self, x_final: torch.Tensor) -> None:
+        """The sampler's output: observe the last step (its clean norm is the latent's)."""
+        last = self.guard.steps - 1
+        if not self.finished and self.prev_x is not None and self.guard.observed == last:
+            self.guard.observe(last, self.prev_x, x_final, None)
+        self.finished = True
+
+    # -- decisions -----------------------------------------------------------------------------
+    def _observe(self, step, x, denoised, cond, uncond, reevaluate):
+        act = self.guard.observe(step, self.prev_x, x, denoised, cond, uncond)
+        self.prev_x = x.detach().clone()
+        if uncond is not None and act.reguide is not None and bool(act.reguide.any()):
+            denoised = self._reguide(denoised, cond, uncond, act.reguide | self.guard.guidance_off)
+        if bool(act.correct.any()):
+            denoised = self._fold(step + 1, x, denoised, act, reevaluate)
+        return denoised
+
+    def _reguide(self, denoised, cond, uncond, rows_mask):
+        rows = rows_mask.nonzero().flatten().to(denoised.device)
+        scales = self.guard.guidance_scales(self.cfg).to(denoised.device)
+        out = denoised.clone()
+        out[rows] = guided(cond[rows], uncond[rows], scales[rows]).to(out.dtype)
+        return out
+
+    def _fold(self, k, x, denoised, act, reevaluate):
+        """Use, from x, the denoised that takes the step as if it started at the corrected x'."""
+        rows = act.correct.nonzero().flatten().to(x.device)
+        x_fix = x.clone()
+        x_fix[rows] = act.x_corrected[rows.cpu()].to(x.device, x.dtype)
+        r = self.sigmas[k + 1] / self.sigmas[k] if k + 1 < len(self.sigmas) else 0.0
+        out = denoised.clone()
+        if reevaluate is not None:
+            cond_f, uncond_f = reevaluate(x_fix)
+            self.guard.note_extra_evals(len(rows))
+            d_fix = cond_f if uncond_f is None else guided(cond_f, uncond_f, self.guard.guidance_scales(self.cfg).to(x.device))
+            out[rows] = (d_fix[rows].float() + (x_fix[rows] - x[rows]).float() * (r / (1 - r))).to(out.dtype)
+        else:
+            out[rows] = shifted_prediction(denoised[rows], x[rows], x_fix[rows]).add(
+                (x_fix[rows] - x[rows]).float() * (r / (1 - r))).to(out.dtype)
+        self.prev_x[rows] = x_fix[rows]
+        return out
+
+
+def _same(a: float, b: float) -> bool:
+    return math.isclose(float(a), float(b), rel_tol=1e-4, abs_tol=1e-6)

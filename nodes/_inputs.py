@@ -1,0 +1,55 @@
+"""Inputs shared by every node that runs the guard, and the GuardConfig they make."""
+
+from __future__ import annotations
+
+from comfy_api.latest import io
+
+from ..core.detect import DetectionConfig
+from ..core.guard import MODES, STRATEGIES, GuardConfig
+from ._compat import advanced
+
+CALIBRATION = io.Custom("MEMGUARD_CALIBRATION")
+REPORT = io.Custom("MEMGUARD_REPORT")
+TESTBED = io.Custom("MEMGUARD_TESTBED")
+
+_D = DetectionConfig()
+_G = GuardConfig()
+
+
+def calibration_input() -> io.Input:
+    return CALIBRATION.Input(
+        "calibration", optional=True,
+        tooltip="The stability region for these settings (Load Calibration, Calibrate, or Auto Calibration). "
+                "Without one, a matching file in models/memguard_calibration is used if there is one.")
+
+
+def guard_inputs() -> list[io.Input]:
+    """mode, then the thresholds and strategy (advanced). Append only: saved workflows store widgets by position."""
+    return [
+        io.Combo.Input("mode", options=list(MODES), default=_G.mode,
+                       tooltip="detect: watch and report, the image is exactly what the sampler makes. "
+                               "mitigate: also steer flagged items away from the memorized image."),
+        io.Combo.Input("strategy", options=list(STRATEGIES), default=_G.strategy, **advanced(),
+                       tooltip="How mitigate steers a flagged item: delayed_guidance turns its guidance off until "
+                               "the trajectory leaves the memorized basin; stability rescales and clamps its latent "
+                               "into the calibrated band (Broken Memories)."),
+        io.Boolean.Input("exact", default=_G.exact, **advanced(),
+                         tooltip="Re-evaluate the model where a correction moved the latent (one extra model call, "
+                                 "on active steps of flagged items only)."),
+        io.Float.Input("tau_mild", default=_D.tau_mild, min=0.5, max=100.0, step=0.1, **advanced(),
+                       tooltip="z-score above which a step leaves the band (update and clean-prediction norms)."),
+        io.Float.Input("tau_strong", default=_D.tau_strong, min=0.5, max=1000.0, step=0.5, **advanced(),
+                       tooltip="clean-prediction z-score that makes a flag strong (acted on at any step)."),
+        io.Float.Input("gamma", default=_D.gamma, min=0.5, max=100.0, step=0.1, **advanced(),
+                       tooltip="Band half-width in calibrated spreads, used by the stability strategy's clamps."),
+        io.Float.Input("active_fraction", default=_D.active_fraction, min=0.01, max=1.0, step=0.01, **advanced(),
+                       tooltip="Mild flags act only in this first share of the steps (the signal lives early)."),
+    ]
+
+
+def guard_config(mode: str, strategy: str = _G.strategy, exact: bool = _G.exact, tau_mild: float = _D.tau_mild,
+                 tau_strong: float = _D.tau_strong, gamma: float = _D.gamma,
+                 active_fraction: float = _D.active_fraction) -> GuardConfig:
+    detection = DetectionConfig(gamma=gamma, tau_mild=tau_mild, tau_strong=max(tau_strong, tau_mild),
+                                active_fraction=active_fraction)
+    return GuardConfig(mode=mode, strategy=strategy, exact=exact, detection=detection)

@@ -1,0 +1,73 @@
+"""Memorization Detector: a run's report as scores, flags, heatmaps, overlays and curves."""
+
+from __future__ import annotations
+
+import torch
+from comfy_api.latest import io, ui
+
+from ..core import heatmap
+from ..core.detect import SCORES
+from ..core.plot import stability_curves
+from ._inputs import REPORT
+from .guard_hooks import GuardRecord
+
+CATEGORY = "Memorization Guard"
+
+
+class MemorizationDetector(io.ComfyNode):
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        return io.Schema(
+            node_id="MemGuardDetector",
+            display_name="Memorization Detector",
+            category=CATEGORY,
+            description="Per-image verdicts of a guarded run: scores, flags, a heatmap of where the sampling "
+                        "blew up (the broken pixels), an overlay on the decoded image, stability curves and "
+                        "the full report as JSON.",
+            inputs=[
+                REPORT.Input("report"),
+                io.Image.Input("image", optional=True, tooltip="The decoded images, for the overlay and the burnt-pixel map."),
+                io.Combo.Input("score", options=list(SCORES), default="first",
+                               tooltip="first: largest update z-score in the first 10 % of steps (where the signal "
+                                       "lives); max: over all steps; mean: averaged over steps."),
+                io.Float.Input("overlay_alpha", default=0.6, min=0.0, max=1.0, step=0.05),
+            ],
+            outputs=[
+                io.Float.Output(display_name="scores", is_output_list=True),
+                io.Boolean.Output(display_name="flags", is_output_list=True),
+                io.Mask.Output(display_name="heatmap"),
+                io.Image.Output(display_name="overlay"),
+                io.Image.Output(display_name="curves"),
+                io.String.Output(display_name="report_json"),
+                io.Mask.Output(display_name="burnt"),
+            ],
+        )
+
+    @classmethod
+    def execute(cls, report: GuardRecord, score: str, overlay_alpha: float, image=None) -> io.NodeOutput:
+        if not isinstance(report, GuardRecord):
+            raise TypeError(f"report input got a {type(report).__name__}, expected a Memorization Guard report")
+        items = report.report.items
+        if image is not None and image.shape[0] != len(items):
+            raise ValueError(f"The report covers {len(items)} image(s) but {image.shape[0]} were given: connect the "
+                             "images decoded from the same sampler output.")
+        if image is not None:
+            height, width = int(image.shape[1]), int(image.shape[2])
+        else:
+            spatial = report.latent_shape[-2:]
+            height, width = 8 * int(spatial[0]), 8 * int(spatial[1])
+        heat = (heatmap.to_image_map(report.heat, height, width) if report.heat is not None
+                else torch.zeros(len(items), height, width))
+        base = image.float().cpu() if image is not None else torch.full((len(items), height, width, 3), 0.5)
+        overlay = heatmap.overlay(base, heat, overlay_alpha)
+        burnt = heatmap.burnt_map(base) if image is not None else torch.zeros(len(items), height, width)
+        curves = stability_curves(report.report)
+        scores = [float("nan") if it.scores.get(score) is None else float(it.scores[score]) for it in items]
+        flags = [bool(it.flagged) for it in items]
+        previews = ui.PreviewImage(overlay, cls=cls).as_dict()
+        previews["images"] += ui.PreviewImage(curves, cls=cls).as_dict()["images"]
+        previews["text"] = (report.report.summary(),)
+        return io.NodeOutput(scores, flags, heat, overlay, curves, report.report.to_json(indent=1), burnt, ui=previews)
+
+
+NODES = [MemorizationDetector]

@@ -1,0 +1,223 @@
+"""Attaching the guard to a ComfyUI model: a SAMPLER_SAMPLE wrapper and a post-CFG function.
+
+Both are registered on a clone under one key, so they compose with other packs' hooks and never
+touch the input model. Per-run state lives in the run's own `transformer_options` (created in the
+wrapper, gone after the run), so a cached patched model re-queued or shared by two samplers never
+carries state from one run into another.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections import OrderedDict
+from dataclasses import dataclass, field
+
+import comfy.patcher_extension
+import comfy.samplers
+import torch
+
+from ..core.calibration import RegionSet, find_matching
+from ..core.guard import GuardConfig, StabilityGuard
+from ..core.hooked import HookedRun
+from ..core.region import StabilityRegion
+from ..core.region_file import RegionFileError, load_region, read_settings
+from ..core.report import RunReport
+from ..core.settings import RunSettings
+from . import _paths
+from ._compat import executing_node_id, send_ui_event
+from ._model_id import model_identity
+
+KEY = "memorization_guard"
+STEP_EVENT = "memguard.step"
+DONE_EVENT = "memguard.done"
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class GuardRecord:
+    """One finished run: what flows through MEMGUARD_REPORT sockets."""
+
+    report: RunReport
+    heat: torch.Tensor | None            # [B, *latent spatial] instability energy, CPU
+    latent_shape: tuple[int, ...]        # per item
+    measures: torch.Tensor               # [steps, quantities, B]: what calibration accumulates
+
+
+@dataclass
+class GuardSpec:
+    """What a patched model carries. Shared by its clones on purpose (see __deepcopy__)."""
+
+    config: GuardConfig
+    calibration: object | None = None    # RegionSet, a calibration plan (resolved by the sampler) or None
+    scheduler: str = ""                  # known to the guarded KSampler only
+    denoise: float | None = None
+    records: list = field(default_factory=list)   # runs of this patch (read by the guarded KSampler)
+    live_events: bool = True
+    lookup_cache: bool = True            # look for a matching region in the calibration folders
+
+    def __deepcopy__(self, memo):  # ComfyUI 0.3.75 deep-copies model_options on clone()
+        return self
+
+
+class _RecentRuns:
+    """Finished runs by a fingerprint of their output latent, so a report node can find the run
+    that produced the LATENT it is given, whichever sampler node ran it. Bounded."""
+
+    def __init__(self, size: int = 64):
+        self.size, self.items = size, OrderedDict()
+
+    @staticmethod
+    def signature(samples: torch.Tensor) -> torch.Tensor:
+        flat = samples.detach().float().reshape(samples.shape[0], -1).cpu()
+        idx = torch.linspace(0, flat.shape[1] - 1, 64).long()
+        return torch.cat([flat[:, idx], flat.mean(1, keepdim=True), flat.std(1, keepdim=True)], 1)
+
+    def add(self, samples: torch.Tensor, record: GuardRecord) -> None:
+        self.items[id(record)] = (tuple(samples.shape), self.signature(samples), record)
+        while len(self.items) > self.size:
+            self.items.popitem(last=False)
+
+    def find(self, samples: torch.Tensor) -> GuardRecord | None:
+        sig = self.signature(samples)
+        for shape, stored, record in reversed(self.items.values()):
+            if shape == tuple(samples.shape) and torch.allclose(stored, sig, rtol=1e-2, atol=1e-3):
+                return record
+        return None
+
+
+RECENT_RUNS = _RecentRuns()
+
+
+def sampler_name(sampler) -> str:
+    """The k-diffusion name of a SAMPLER object ("euler" for ComfyUI's "ddim": same arithmetic)."""
+    fn = getattr(sampler, "sampler_function", None)
+    name = getattr(fn, "__name__", type(sampler).__name__)
+    return name[len("sample_"):] if name.startswith("sample_") else name
+
+
+def patch_model(model, spec: GuardSpec):
+    """A clone of `model` that runs the guard in every sampling run (KSampler, SamplerCustom, ...)."""
+    m = model.clone()
+    m.add_wrapper_with_key(comfy.patcher_extension.WrappersMP.SAMPLER_SAMPLE, KEY, _sampler_sample_wrapper(spec))
+    # keep ComfyUI's cfg=1 fast path: at cfg 1 there is no signal to read anyway
+    m.set_model_sampler_post_cfg_function(_post_cfg, disable_cfg1_optimization=False)
+    return m
+
+
+# -- region resolution ---------------------------------------------------------------------------
+_settings_cache: dict[str, tuple[float, RunSettings]] = {}
+
+
+def _candidates():
+    """(file name, settings) of every region in the calibration folders, cached by mtime."""
+    import os
+
+    for name in _paths.list_files():
+        try:
+            path = _paths.resolve(name)
+            mtime = os.path.getmtime(path)
+            cached = _settings_cache.get(path)
+            if cached is None or cached[0] != mtime:
+                cached = (mtime, read_settings(path))
+                _settings_cache[path] = cached
+            yield name, cached[1]
+        except (RegionFileError, OSError) as e:
+            log.warning("Memorization Guard: skipping %s: %s", name, e)
+
+
+def cached_region(settings: RunSettings) -> tuple[StabilityRegion, str] | None:
+    name = find_matching(settings, _candidates())
+    return (load_region(_paths.resolve(name)), name) if name else None
+
+
+def resolve_region(spec: GuardSpec, settings: RunSettings) -> tuple[StabilityRegion | None, str]:
+    if isinstance(spec.calibration, RegionSet):
+        return spec.calibration.select(settings), "connected calibration"
+    if hasattr(spec.calibration, "cached"):   # an auto-calibration plan: only its cache, no sampling in here
+        region = spec.calibration.cached(settings)
+        if region is not None:
+            return region, "automatic calibration (cached)"
+    if not spec.lookup_cache:
+        return None, ""
+    found = cached_region(settings)
+    if found is not None:
+        return found[0], f"calibration file {found[1]}"
+    return None, ""
+
+
+# -- the hooks -----------------------------------------------------------------------------------
+def _sampler_sample_wrapper(spec: GuardSpec):
+    def wrapper(executor, guider, sigmas, extra_args, callback, noise, latent_image, denoise_mask, disable_pbar):
+        name = sampler_name(executor.class_obj)
+        cfg = float(getattr(guider, "cfg", 1.0))
+        settings = RunSettings(
+            model=model_identity(guider.model_patcher), sampler=name, scheduler=spec.scheduler,
+            steps=len(sigmas) - 1, cfg=cfg, latent_shape=tuple(noise.shape[1:]), denoise=spec.denoise,
+            sigmas=tuple(float(s) for s in sigmas))
+        region, source = resolve_region(spec, settings)
+        guard = StabilityGuard(settings, sigmas.detach().float().cpu(), noise.shape[0], region, spec.config)
+        if region is None and cfg > 1.0 and spec.lookup_cache:
+            guard.notes.append("no stability region for these settings: connect a calibration (Load Calibration "
+                               f"or Calibrate) or save one to {_paths.save_dir()}; only raw norms are reported")
+        elif source:
+            guard.notes.append(f"region: {source}")
+        run = HookedRun(guard, cfg, name)
+        node = executing_node_id()
+
+        def on_step(step, x0, x, total):
+            run.on_step(step, x, x0)
+            if spec.live_events and node is not None and guard.observed:
+                send_ui_event(STEP_EVENT, _step_event(node, guard, guard.observed - 1))
+            if callback is not None:
+                callback(step, x0, x, total)
+
+        model_options = dict(extra_args.get("model_options", {}))
+        model_options["transformer_options"] = {**model_options.get("transformer_options", {}), KEY: run}
+        out = executor(guider, sigmas, {**extra_args, "model_options": model_options}, on_step,
+                       noise, latent_image, denoise_mask, disable_pbar)
+        run.finish(out)
+        record = GuardRecord(guard.report(), None if guard.heat is None else guard.heat.detach().float().cpu(),
+                             tuple(noise.shape[1:]), guard.values[: guard.observed].clone())
+        spec.records.append(record)
+        RECENT_RUNS.add(guider.model_patcher.model.process_latent_out(out), record)
+        if spec.live_events and node is not None:
+            send_ui_event(DONE_EVENT, {"node": node, "summary": record.report.summary(),
+                                       "flagged": [it.flagged for it in record.report.items]})
+        return out
+
+    return wrapper
+
+
+def _post_cfg(args):
+    run = args["model_options"].get("transformer_options", {}).get(KEY)
+    if run is None:
+        return args["denoised"]
+    has_uncond = args.get("uncond") is not None
+    reevaluate = (lambda x_fix: _reevaluate(args, x_fix, has_uncond)) if run.guard.config.exact else None
+    return run.on_eval(args["input"], float(args["sigma"].flatten()[0]), args["cond_denoised"],
+                       args["uncond_denoised"] if has_uncond else None, args["denoised"], reevaluate)
+
+
+def _reevaluate(args, x_fix, has_uncond):
+    """The model's cond/uncond predictions at a corrected latent (one extra call, active steps only)."""
+    conds = [args["cond"], args["uncond"] if has_uncond else None]
+    out = comfy.samplers.calc_cond_batch(args["model"], conds, x_fix, args["sigma"], args["model_options"])
+    return out[0], (out[1] if has_uncond else None)
+
+
+def _step_event(node: str, guard: StabilityGuard, step: int) -> dict:
+    """A small per-step message for the live chart: the update norm of each item against its band."""
+    values = guard.values[step, 1]
+    band = None
+    if guard.region is not None:
+        lo, hi = guard.region.band("update", step, guard.config.detection.gamma)
+        band = [_num(lo), _num(hi)]
+    return {"node": node, "step": step, "steps": guard.steps, "update": [_num(v) for v in values],
+            "band": band, "flags": [int(v) for v in guard.flags[step]],
+            "active": [bool(v) for v in guard.active[step]]}
+
+
+def _num(v) -> float | None:
+    v = float(v)
+    return v if math.isfinite(v) else None
