@@ -10,6 +10,7 @@ from ..core.calibration import RegionSet
 from ._inputs import REPORT, calibration_input, guard_config, guard_inputs
 from .calibrating import CalibrationPlan
 from .guard_hooks import RECENT_RUNS, GuardSpec, patch_model
+from .guarded_sampler import guarded_sampler
 
 CATEGORY = "Memorization Guard"
 
@@ -107,4 +108,25 @@ class MemorizationReport(io.ComfyNode):
         return io.NodeOutput(record, ui=ui.PreviewText(record.report.summary()))
 
 
-NODES = [GuardedKSampler, GuardModelPatch, MemorizationReport]
+class GuardedSampler(io.ComfyNode):
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        return io.Schema(
+            node_id="MemGuardSampler",
+            display_name="Guarded Sampler (SAMPLER)",
+            category=CATEGORY,
+            description="Wraps a SAMPLER for SamplerCustom / SamplerCustomAdvanced and runs it one step at a time "
+                        "with the guard in between: exact per-step detection and mitigation for single-step "
+                        "samplers. Read the report with Memorization Report.",
+            inputs=[io.Sampler.Input("sampler"), calibration_input(), *guard_inputs()],
+            outputs=[io.Sampler.Output(display_name="sampler")],
+        )
+
+    @classmethod
+    def execute(cls, sampler, calibration=None, mode="detect", **thresholds) -> io.NodeOutput:
+        if calibration is not None and not isinstance(calibration, (RegionSet, CalibrationPlan)):
+            raise TypeError(f"calibration input got a {type(calibration).__name__}")
+        return io.NodeOutput(guarded_sampler(sampler, GuardSpec(guard_config(mode, **thresholds), calibration=calibration)))
+
+
+NODES = [GuardedKSampler, GuardModelPatch, MemorizationReport, GuardedSampler]

@@ -1,0 +1,165 @@
+"""A SAMPLER that wraps another one and runs it one step at a time, with the guard between steps.
+
+For SamplerCustom / SamplerCustomAdvanced. Running the stock single-step function on 2-sigma
+slices gives exact per-step control: the latent can be corrected or a step redone before the
+next one starts, with no folding approximation. Each step's first model call is made once (the
+evaluation the guard needs at the proposal is cached and served to the next slice). Multistep
+samplers lose their history when sliced, so they are refused with a pointer to the model patch.
+"""
+
+from __future__ import annotations
+
+import inspect
+
+import comfy.k_diffusion.sampling as kds
+import comfy.model_management
+import comfy.model_patcher
+import comfy.samplers
+
+from ..core.guard import StabilityGuard
+from ..core.hooked import SINGLE_EVAL_SAMPLERS
+from ..core.mitigate import guided
+from ..core.settings import RunSettings
+from ._compat import executing_node_id, send_ui_event
+from ._model_id import model_identity
+from .guard_hooks import DONE_EVENT, RECENT_RUNS, STEP_EVENT, GuardRecord, GuardSpec, _step_event, resolve_region, sampler_name
+
+# stepping these one slice at a time changes them (history) or breaks them (uni_pc, adaptive)
+MULTISTEP = frozenset(SINGLE_EVAL_SAMPLERS - {"euler", "euler_ancestral", "ddpm", "lcm", "euler_cfg_pp",
+                                               "euler_ancestral_cfg_pp"}) | {"dpm_fast", "dpm_adaptive"}
+
+
+def guarded_sampler(inner, spec: GuardSpec):
+    name = sampler_name(inner)
+    if not hasattr(inner, "sampler_function"):
+        raise ValueError(f"The guarded SAMPLER can wrap ComfyUI's k-diffusion samplers; {type(inner).__name__} is not one.")
+    if name in MULTISTEP:
+        raise ValueError(f"The guarded SAMPLER steps one sigma at a time, which would change the multistep sampler "
+                         f"'{name}' (it keeps a history across steps). Use 'Memorization Guard (model patch)' with "
+                         "it instead, or a single-step sampler (euler, euler_ancestral, heun, dpm_2, dpmpp_sde, ...).")
+    return comfy.samplers.KSAMPLER(_sample, extra_options={"memguard_inner": inner, "memguard_spec": spec},
+                                   inpaint_options=getattr(inner, "inpaint_options", {}))
+
+
+class _Proxy:
+    """The model as the inner sampler sees it: serves the cached evaluation at a step's start."""
+
+    def __init__(self, model, serve):
+        self._model, self._serve = model, serve
+
+    def __call__(self, x, sigma, **kwargs):
+        return self._serve(x, sigma, kwargs)
+
+    def __getattr__(self, name):      # samplers read model.inner_model... and model_patcher
+        return getattr(self._model, name)
+
+
+def _sample(model, x, sigmas, extra_args=None, callback=None, disable=None, *, memguard_inner, memguard_spec, **kw):
+    inner, spec = memguard_inner, memguard_spec
+    extra_args = dict(extra_args or {})
+    guider = model.inner_model
+    cfg = float(getattr(guider, "cfg", 1.0))
+    name = sampler_name(inner)
+    sig = [float(s) for s in sigmas]
+    settings = RunSettings(model=model_identity(guider.model_patcher), sampler=name, scheduler=spec.scheduler,
+                           steps=len(sig) - 1, cfg=cfg, latent_shape=tuple(x.shape[1:]), denoise=spec.denoise,
+                           sigmas=tuple(sig))
+    region, source = resolve_region(spec, settings)
+    guard = StabilityGuard(settings, sigmas.detach().float().cpu(), x.shape[0], region, spec.config)
+    if source:
+        guard.notes.append(f"region: {source}")
+    has_uncond = cfg != 1.0
+    seen = {}   # the latest evaluation's cond/uncond predictions
+
+    def capture(args):
+        seen["cond"] = args["cond_denoised"]
+        seen["uncond"] = args["uncond_denoised"] if args.get("uncond") is not None else None
+        return _with_guidance(args["denoised"], seen["cond"], seen["uncond"], guard, cfg)
+
+    model_options = comfy.model_patcher.set_model_options_post_cfg_function(dict(extra_args.get("model_options", {})), capture)
+    run_args = {**extra_args, "model_options": model_options}
+    cache = {"x": None}
+
+    def evaluate(xx, s):
+        return model(xx, s * xx.new_ones([xx.shape[0]]), **run_args)
+
+    def serve(xx, sigma, kwargs):
+        if cache["x"] is xx and abs(float(sigma.flatten()[0]) - cache["sigma"]) < 1e-6 * max(1.0, cache["sigma"]):
+            return _with_guidance(cache["denoised"], cache["cond"], cache["uncond"], guard, cfg)
+        return model(xx, sigma, **kwargs)
+
+    proxy = _Proxy(model, serve)
+    params = inspect.signature(inner.sampler_function).parameters
+    noise = {}
+    if "noise_sampler" in params and extra_args.get("noise_sampler") is None:
+        # one noise sampler for the whole run, as the unsliced sampler would have
+        seed = extra_args.get("seed")
+        if "sde" in name:
+            positive = sigmas[sigmas > 0]
+            noise["noise_sampler"] = kds.BrownianTreeNoiseSampler(x, positive.min(), positive.max(), seed=seed, cpu=True)
+        else:
+            noise["noise_sampler"] = kds.default_noise_sampler(x, seed=seed)
+    node = executing_node_id()
+
+    def remember(xx, s, d):
+        cache.update(x=xx, sigma=s, denoised=d, cond=seen.get("cond"), uncond=seen.get("uncond") if has_uncond else None)
+
+    def one_step(j, x_start):
+        def cb(d):
+            if callback is not None:
+                callback({**d, "i": j})
+        return inner.sampler_function(proxy, x_start, sigmas[j:j + 2].clone(), extra_args=dict(run_args), callback=cb,
+                                      disable=True, **inner.extra_options, **noise, **kw)
+
+    remember(x, sig[0], evaluate(x, sig[0]))
+    for j in range(len(sig) - 1):
+        comfy.model_management.throw_exception_if_processing_interrupted()
+        x_start, c_start, u_start = x, cache["cond"], cache["uncond"]
+        x_next = one_step(j, x_start)
+        last = j + 1 == len(sig) - 1
+        d_next = None if last else evaluate(x_next, sig[j + 1])
+        cond = None if last else seen.get("cond")
+        uncond = None if (last or not has_uncond) else seen.get("uncond")
+        act = guard.observe(j, x_start, x_next, d_next, cond, uncond)
+        if not last and act.rewind is not None and bool(act.rewind.any()) and spec.config.exact:
+            # redo step j with the item's guidance off, from the same start (served from the cache)
+            cache.update(x=x_start, sigma=sig[j], cond=c_start, uncond=u_start)
+            x_next = one_step(j, x_start)
+            d_next = evaluate(x_next, sig[j + 1])
+            guard.note_extra_evals(int(act.rewind.sum()))
+        elif not last and act.reguide is not None and bool(act.reguide.any()):
+            d_next = _with_guidance(d_next, seen.get("cond"), seen.get("uncond"), guard, cfg)
+        if bool(act.correct.any()):
+            rows = act.correct.nonzero().flatten().to(x_next.device)
+            x_next = x_next.clone()
+            x_next[rows] = act.x_corrected[rows.cpu()].to(x_next.device, x_next.dtype)
+            if not last:
+                d_next = evaluate(x_next, sig[j + 1])
+                guard.note_extra_evals(len(rows))
+        if not last:
+            remember(x_next, sig[j + 1], d_next)
+        if node is not None and spec.live_events:
+            send_ui_event(STEP_EVENT, _step_event(node, guard, j))
+        x = x_next
+
+    record = GuardRecord(guard.report(), None if guard.heat is None else guard.heat.detach().float().cpu(),
+                         tuple(x.shape[1:]), guard.values[: guard.observed].clone())
+    spec.records.append(record)
+    base = guider.model_patcher.model
+    RECENT_RUNS.add(base.process_latent_out(base.model_sampling.inverse_noise_scaling(sigmas[-1], x)), record)
+    if node is not None and spec.live_events:
+        send_ui_event(DONE_EVENT, {"node": node, "summary": record.report.summary(),
+                                   "flagged": [it.flagged for it in record.report.items]})
+    return x
+
+
+def _with_guidance(denoised, cond, uncond, guard: StabilityGuard, cfg: float):
+    """Items whose guidance the guard turned off get uncond + off_scale (cond - uncond)."""
+    if uncond is None or cond is None or not bool(guard.guidance_off.any()):
+        return denoised
+    rows = guard.guidance_off.nonzero().flatten().to(denoised.device)
+    scales = guard.guidance_scales(cfg).to(denoised.device)
+    out = denoised.clone()
+    out[rows] = guided(cond[rows], uncond[rows], scales[rows]).to(out.dtype)
+    return out
+

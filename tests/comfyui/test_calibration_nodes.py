@@ -1,0 +1,67 @@
+"""Calibrate -> Save -> Load through the models folder, and the errors users will meet."""
+
+from __future__ import annotations
+
+import pytest
+from graphs import NOVEL, demo_graph
+from harness import PromptExecutionError, PromptValidationError
+
+STEPS = 4
+
+
+def calibrate_and_save(filename: str) -> dict:
+    return {
+        "1": {"class_type": "MemGuardTestbedLoader", "inputs": {}},
+        "4": {"class_type": "MemGuardTestbedEmptyLatent", "inputs": {"batch_size": 1}},
+        "10": {"class_type": "MemGuardCalibrate", "inputs": {
+            "model": ["1", 0], "clip": ["1", 1], "seed": 0, "steps": STEPS, "cfg": 7.5, "sampler_name": "euler",
+            "scheduler": "normal", "latent_image": ["4", 0], "denoise": 1.0, "prompts": "", "prompt_count": 6,
+            "seeds_per_prompt": 2, "negative_prompt": ""}},
+        "11": {"class_type": "MemGuardSaveCalibration", "inputs": {"calibration": ["10", 0], "filename": filename}},
+    }
+
+
+def with_loaded(graph: dict, name: str) -> dict:
+    graph = dict(graph)
+    graph["12"] = {"class_type": "MemGuardLoadCalibration", "inputs": {"calibration_name": name}}
+    graph["5"] = {**graph["5"], "inputs": {**graph["5"]["inputs"], "calibration": ["12", 0]}}
+    return graph
+
+
+def test_calibrate_save_load_round_trip(comfy_session):
+    from safetensors import safe_open
+
+    comfy_session.run_prompt(calibrate_and_save("tests/round"))
+    folder = comfy_session.models_dir / "memguard_calibration" / "tests"
+    assert [p.name for p in folder.iterdir()] == ["round.safetensors"]
+    with safe_open(str(folder / "round.safetensors"), "pt") as f:
+        assert f.metadata()["format"] == "memguard-stability-region"
+
+    result = comfy_session.run_prompt(with_loaded(demo_graph(NOVEL, steps=STEPS), "tests/round.safetensors"))
+    _, record = result.node_output("5")
+    assert record.report.region is not None
+    assert record.report.region["meta"]["trajectories"] == 12
+    assert [it.verdict for it in record.report.items] == ["clean", "clean"]
+
+    # a second save never overwrites the first
+    comfy_session.run_prompt(calibrate_and_save("tests/round"))
+    assert sorted(p.name for p in folder.iterdir()) == ["round.safetensors", "round_00001.safetensors"]
+
+
+def test_other_settings_are_a_clear_error(comfy_session):
+    comfy_session.run_prompt(calibrate_and_save("tests/mismatch"))
+    graph = with_loaded(demo_graph(NOVEL, steps=STEPS + 2, cfg=5.0), "tests/mismatch.safetensors")
+    with pytest.raises(PromptExecutionError) as e:
+        comfy_session.run_prompt(graph)
+    message = str(e.value)
+    assert "calibrated for other settings" in message or "made for other settings" in message
+    assert f"steps: calibrated {STEPS}, this run {STEPS + 2}" in message
+    assert "cfg: calibrated 7.5, this run 5" in message
+
+
+def test_missing_file_names_the_folders_searched(comfy_session):
+    graph = with_loaded(demo_graph(NOVEL, steps=STEPS), "nope.safetensors")
+    with pytest.raises(PromptValidationError) as e:
+        comfy_session.run_prompt(graph)
+    assert "nope.safetensors" in str(e.value)
+    assert str(comfy_session.models_dir / "memguard_calibration") in str(e.value)
