@@ -56,7 +56,7 @@ def _chart(report: RunReport, index: int, width: int, height: int) -> Image.Imag
             hi = lo + 1.0
         lo, hi = lo - 0.05 * (hi - lo), hi + 0.05 * (hi - lo)
 
-        def xy(step, v):
+        def xy(step, v, y0=y0, y1=y1, lo=lo, hi=hi):
             x = left + (right - left) * (step / max(1, steps - 1))
             return x, y1 - (y1 - y0) * ((v - lo) / (hi - lo))
 

@@ -22,7 +22,16 @@ from ..core.mitigate import guided
 from ..core.settings import RunSettings
 from ._compat import executing_node_id, send_ui_event
 from ._model_id import model_identity
-from .guard_hooks import DONE_EVENT, RECENT_RUNS, STEP_EVENT, GuardRecord, GuardSpec, _step_event, resolve_region, sampler_name
+from .guard_hooks import (
+    DONE_EVENT,
+    RECENT_RUNS,
+    STEP_EVENT,
+    GuardRecord,
+    GuardSpec,
+    _step_event,
+    resolve_region,
+    sampler_name,
+)
 
 # stepping these one slice at a time changes them (history) or breaks them (uni_pc, adaptive)
 MULTISTEP = frozenset(SINGLE_EVAL_SAMPLERS - {"euler", "euler_ancestral", "ddpm", "lcm", "euler_cfg_pp",

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import comfy.samplers
-import nodes as comfy_nodes   # ComfyUI's nodes.py (this pack's folder is reached by relative imports only)
 from comfy_api.latest import io, ui
+
+import nodes as comfy_nodes  # ComfyUI's nodes.py (this pack's folder is reached by relative imports only)
 
 from ..core.calibration import RegionSet
 from ._inputs import REPORT, calibration_input, guard_config, guard_inputs

@@ -25,7 +25,7 @@ _HERE = str(Path(__file__).resolve().parent)
 if _HERE not in sys.path:
     sys.path.insert(0, _HERE)
 
-from harness import ComfySession, ConstantConditioning
+from harness import ComfySession, ConstantConditioning  # noqa: E402
 
 
 @pytest.fixture(scope="session")

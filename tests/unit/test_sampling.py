@@ -2,13 +2,12 @@
 
 import pytest
 import torch
+from toy_model import denoise, karras
 
 from memguard.core.guard import GuardConfig
 from memguard.core.region import RegionMismatch
 from memguard.core.sampling import calibrate, cfg_pair, guarded_sample, plain_sample
 from memguard.core.settings import RunSettings
-
-from toy_model import denoise, karras
 
 STEPS, SHAPE, CFG = 12, (4, 6, 6), 7.5
 SIGMAS = karras(STEPS)
