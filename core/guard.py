@@ -21,14 +21,20 @@ from .report import ItemReport, RunReport
 from .settings import RunSettings
 
 MODES = ("detect", "mitigate")
-STRATEGIES = ("stability", "delayed_guidance")
+# how mitigate steers a flagged item (see core/mitigate.py):
+#   orthogonal        keep guiding, minus the direction guidance pointed in at the flagged step
+#   delayed_guidance  guidance off (off_scale) until ||eps_c - eps_u|| passes a local minimum
+#   unconditional     guidance off for the rest of the run: no copy, but the prompt stops steering
+#   stability         rescale the clean prediction and clamp the latent into the band (the paper)
+STRATEGIES = ("orthogonal", "delayed_guidance", "unconditional", "stability")
+GUIDANCE_STRATEGIES = ("orthogonal", "delayed_guidance", "unconditional")
 _Q = {name: i for i, name in enumerate(QUANTITIES)}
 
 
 @dataclass(frozen=True)
 class GuardConfig:
     mode: str = "detect"                 # "detect" watches; "mitigate" also steers flagged items
-    strategy: str = "delayed_guidance"   # how to steer, see core/mitigate.py
+    strategy: str = "orthogonal"         # how to steer, see STRATEGIES
     exact: bool = True                   # re-evaluate the model where a correction moved the latent
     off_scale: float = 0.0               # guidance scale while a flagged item's guidance is off
     detection: DetectionConfig = field(default_factory=DetectionConfig)
@@ -47,8 +53,8 @@ class Action:
     active: torch.Tensor                       # out of band on an active step (acted on when mitigating)
     correct: torch.Tensor                      # replace the proposal by `x_corrected` (stability strategy)
     x_corrected: torch.Tensor | None = None    # [B, ...] float32; meaningful on `correct` rows
-    reguide: torch.Tensor | None = None        # guidance scale changed: recombine cond/uncond for these rows
-    rewind: torch.Tensor | None = None         # guidance switched off here: redo this step (exact mode)
+    reguide: torch.Tensor | None = None        # guidance changed: recombine cond/uncond for these rows
+    rewind: torch.Tensor | None = None         # guidance changed at the flag: redo this step (exact mode)
 
     @property
     def any(self) -> bool:
@@ -76,22 +82,46 @@ class StabilityGuard:
         self.flags = torch.zeros(n, batch, dtype=torch.int8)       # 0 in band, 1 mild, 2 strong
         self.active = torch.zeros(n, batch, dtype=torch.bool)
         self.corrected = torch.zeros(n, batch, dtype=torch.bool)
-        self.guidance_off_steps = torch.zeros(n, batch, dtype=torch.bool)
+        self.steered_steps = torch.zeros(n, batch, dtype=torch.bool)
         self.first_flag = torch.full((batch,), -1, dtype=torch.long)
         self.severity = torch.zeros(batch, dtype=torch.int8)
         self.non_finite = torch.full((batch,), -1, dtype=torch.long)
         self.observed = 0
         self.heat: torch.Tensor | None = None
-        self.guidance_off = torch.zeros(batch, dtype=torch.bool)
+        self.override = torch.full((batch,), float("nan"))   # per-item guidance scale (NaN: the run's cfg)
+        self.projected = torch.zeros(batch, dtype=torch.bool)
+        self.g_star: torch.Tensor | None = None    # the direction projected out, per projected item
+        self._dir_start: torch.Tensor | None = None   # cond - uncond at the current step's start
         self._gap_prev = torch.full((batch,), float("inf"))
         self.extra_evals = 0
         self.notes: list[str] = []
         self.k_active = config.detection.active_window(self.steps)
 
     # -- guidance ------------------------------------------------------------------------------
+    @property
+    def steering(self) -> torch.Tensor:
+        """[B] bool: items whose guidance the guard currently changes."""
+        return ~torch.isnan(self.override) | self.projected
+
     def guidance_scales(self, cfg: float) -> torch.Tensor:
-        """Per-item guidance scale for the next model call: cfg, or off_scale where guidance is off."""
-        return torch.where(self.guidance_off, torch.tensor(self.config.off_scale), torch.tensor(float(cfg)))
+        """Per-item guidance scale for the next model call: the override where set, else cfg."""
+        return torch.where(torch.isnan(self.override), torch.tensor(float(cfg)), self.override)
+
+    def guided_prediction(self, cond: torch.Tensor, uncond: torch.Tensor, cfg: float) -> torch.Tensor:
+        """Classifier-free guidance as the guard wants it, per item. Items it does not steer get
+        exactly uncond + cfg * (cond - uncond)."""
+        out = mitigate.guided(cond, uncond, self.guidance_scales(cfg).to(cond.device))
+        if bool(self.projected.any()):
+            rows = self.projected.nonzero().flatten().to(cond.device)
+            g = mitigate.project_out(cond[rows] - uncond[rows], self.g_star[rows])
+            scale = self.guidance_scales(cfg)[rows.cpu()].to(cond.device, cond.dtype)
+            out[rows] = (uncond[rows] + scale.view(-1, *([1] * (g.ndim - 1))) * g).to(out.dtype)
+        return out
+
+    def begin(self, cond: torch.Tensor, uncond: torch.Tensor | None) -> None:
+        """The first model call's predictions (at x_0): the orthogonal strategy needs its direction."""
+        if self.mitigating and self.config.strategy == "orthogonal" and uncond is not None:
+            self._dir_start = (cond - uncond).detach()
 
     @property
     def mitigating(self) -> bool:
@@ -139,12 +169,13 @@ class StabilityGuard:
 
         correct, reguide, rewind, x_corr = none, none.clone(), none.clone(), None
         if self.mitigating:
-            if self.config.strategy == "stability" and bool(active.any()):
+            strategy = self.config.strategy
+            if strategy == "stability" and bool(active.any()):
                 correct = active
                 x_corr = self._stability_target(step, x_prev, x_next, denoised_next, active)
                 self.corrected[step] = active
-            elif self.config.strategy == "delayed_guidance":
-                reguide, rewind = self._delayed_guidance(step, active, gap)
+            elif strategy in GUIDANCE_STRATEGIES:
+                reguide, rewind = self._steer(step, active, gap, cond_next, uncond_next)
         return Action(active=active, correct=correct, x_corrected=x_corr, reguide=reguide, rewind=rewind)
 
     def note_extra_evals(self, n: int) -> None:
@@ -159,17 +190,33 @@ class StabilityGuard:
             clean_mean=float(r.mean[_Q["clean"], step]), update_band=r.band("update", step, g),
             latent_band=r.band("latent", step, g), strong=strong)
 
-    def _delayed_guidance(self, step: int, active: torch.Tensor, gap: torch.Tensor | None):
-        """Guidance off from an item's first active step until ||eps_c - eps_u|| passes a local minimum."""
-        gap_now = gap.cpu() if gap is not None else torch.full((self.batch,), float("nan"))
-        was_off = self.guidance_off.clone()
-        switch_off = active & ~self.guidance_off & (self.first_flag == step)
-        resume = was_off & (gap_now > self._gap_prev)           # past the first local minimum
-        self.guidance_off = (self.guidance_off | switch_off) & ~resume
-        self._gap_prev = torch.where(self.guidance_off, gap_now, torch.full_like(gap_now, float("inf")))
+    def _steer(self, step, active, gap, cond_next, uncond_next):
+        """Change the guidance of items flagged at this step (and release delayed guidance)."""
+        strategy = self.config.strategy
+        new = active & ~self.steering & (self.first_flag == step)
+        changed = new.clone()
+        if strategy == "orthogonal" and bool(new.any()) and self._dir_start is not None:
+            if self.g_star is None:
+                self.g_star = torch.zeros_like(self._dir_start)
+            rows = new.nonzero().flatten().to(self._dir_start.device)
+            self.g_star[rows] = self._dir_start[rows]
+            self.projected |= new
+        elif strategy == "unconditional":
+            self.override[new] = 0.0
+        elif strategy == "delayed_guidance":
+            gap_now = gap.cpu() if gap is not None else torch.full((self.batch,), float("nan"))
+            off = ~torch.isnan(self.override)
+            resume = off & (gap_now > self._gap_prev)           # past the first local minimum
+            self.override[new] = self.config.off_scale
+            self.override[resume] = float("nan")
+            changed |= resume
+            self._gap_prev = torch.where(~torch.isnan(self.override), gap_now, torch.full_like(gap_now, float("inf")))
+        if strategy == "orthogonal" and uncond_next is not None:
+            self._dir_start = (cond_next - uncond_next).detach()   # the direction at the next step's start
         if step + 1 < self.steps:
-            self.guidance_off_steps[step + 1] = self.guidance_off
-        return switch_off | resume, switch_off
+            self.steered_steps[step + 1] = self.steering
+        self.steered_steps[step] |= new   # exact mode redoes this step with the new guidance
+        return changed, new
 
     # -- heatmap -------------------------------------------------------------------------------
     def _accumulate_heat(self, step, x_prev, x_next, update_norm, out):
@@ -226,7 +273,7 @@ class StabilityGuard:
                 step_flags=[int(v) for v in self.flags[:n, i]],
                 active_steps=self.active[:n, i].nonzero().flatten().tolist(),
                 corrected_steps=self.corrected[:n, i].nonzero().flatten().tolist(),
-                guidance_off_steps=self.guidance_off_steps[:n, i].nonzero().flatten().tolist(),
+                steered_steps=self.steered_steps[:n, i].nonzero().flatten().tolist(),
                 non_finite_step=int(self.non_finite[i]) if self.non_finite[i] >= 0 else None,
             ))
         region = None

@@ -22,7 +22,7 @@ from collections.abc import Callable
 import torch
 
 from .guard import StabilityGuard
-from .mitigate import guided, shifted_prediction
+from .mitigate import shifted_prediction
 
 Reevaluate = Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor | None]]
 
@@ -58,11 +58,12 @@ class HookedRun:
         if boundary:
             if k == 0:
                 self.prev_x = x.detach().clone()
+                self.guard.begin(cond, uncond)
             else:
                 denoised = self._observe(k - 1, x, denoised, cond, uncond, reevaluate)
             self.next_step = k + 1
-        elif uncond is not None and bool(self.guard.guidance_off.any()):
-            denoised = self._reguide(denoised, cond, uncond, self.guard.guidance_off)
+        elif uncond is not None and bool(self.guard.steering.any()):
+            denoised = self._reguide(denoised, cond, uncond, self.guard.steering)
         self.last_eval = (sigma, cond, uncond)
         return denoised
 
@@ -72,6 +73,8 @@ class HookedRun:
             return  # already observed at the evaluation
         if i == 0 or self.prev_x is None:
             self.prev_x = x.detach().clone()
+            if self.last_eval is not None:
+                self.guard.begin(self.last_eval[1], self.last_eval[2])
             self.next_step = max(self.next_step, i + 1)
             return
         cond = uncond = None
@@ -93,16 +96,15 @@ class HookedRun:
         act = self.guard.observe(step, self.prev_x, x, denoised, cond, uncond)
         self.prev_x = x.detach().clone()
         if uncond is not None and act.reguide is not None and bool(act.reguide.any()):
-            denoised = self._reguide(denoised, cond, uncond, act.reguide | self.guard.guidance_off)
+            denoised = self._reguide(denoised, cond, uncond, act.reguide | self.guard.steering)
         if bool(act.correct.any()):
             denoised = self._fold(step + 1, x, denoised, act, reevaluate)
         return denoised
 
     def _reguide(self, denoised, cond, uncond, rows_mask):
         rows = rows_mask.nonzero().flatten().to(denoised.device)
-        scales = self.guard.guidance_scales(self.cfg).to(denoised.device)
         out = denoised.clone()
-        out[rows] = guided(cond[rows], uncond[rows], scales[rows]).to(out.dtype)
+        out[rows] = self.guard.guided_prediction(cond, uncond, self.cfg)[rows].to(out.dtype)
         return out
 
     def _fold(self, k, x, denoised, act, reevaluate):
@@ -115,7 +117,7 @@ class HookedRun:
         if reevaluate is not None:
             cond_f, uncond_f = reevaluate(x_fix)
             self.guard.note_extra_evals(len(rows))
-            d_fix = cond_f if uncond_f is None else guided(cond_f, uncond_f, self.guard.guidance_scales(self.cfg).to(x.device))
+            d_fix = cond_f if uncond_f is None else self.guard.guided_prediction(cond_f, uncond_f, self.cfg)
             out[rows] = (d_fix[rows].float() + (x_fix[rows] - x[rows]).float() * (r / (1 - r))).to(out.dtype)
         else:
             out[rows] = shifted_prediction(denoised[rows], x[rows], x_fix[rows]).add(

@@ -4,6 +4,9 @@
   prediction to the calibrated norm, then clamp the update and latent norms into their bands).
 - `guided`: classifier-free guidance with a per-item scale, so a flagged item can run with
   guidance off (or opposite) while the others keep theirs (delayed guidance, Jain et al. 2025).
+- `project_out`: guidance minus its component along a direction; with the direction guidance
+  took at the flagged step (the pull toward the memorized image) it keeps the prompt's other
+  guidance (orthogonal strategy; the projection is APG's, the choice of direction ours).
 - `shifted_prediction`: the cheap stand-in for re-evaluating the model at a corrected latent.
 """
 
@@ -57,3 +60,10 @@ def shifted_prediction(denoised: torch.Tensor, x: torch.Tensor, x_corrected: tor
 def guided(cond: torch.Tensor, uncond: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
     """uncond + scale * (cond - uncond) with a per-item scale [B]."""
     return uncond + _per_item(scale.to(cond.dtype), cond) * (cond - uncond)
+
+
+def project_out(g: torch.Tensor, direction: torch.Tensor) -> torch.Tensor:
+    """g minus its component along `direction`, per item (computed in float32)."""
+    gf, d = g.float().flatten(1), direction.float().flatten(1)
+    d = d / d.norm(dim=1, keepdim=True).clamp(min=1e-12)
+    return (gf - (gf * d).sum(dim=1, keepdim=True) * d).view_as(g).to(g.dtype)

@@ -42,7 +42,7 @@ def _chart(report: RunReport, index: int, width: int, height: int) -> Image.Imag
     top, left, right, gap = 20, 46, width - 10, 22
     ph = (height - top - 10 - gap * (len(panels) - 1)) // max(1, len(panels))
     steps = max(1, len(item.norms["update"]))
-    fixed = set(item.corrected_steps) | set(item.guidance_off_steps)
+    fixed = set(item.corrected_steps) | set(item.steered_steps)
     for n, (key, label) in enumerate(panels):
         y0 = top + n * (ph + gap)
         y1 = y0 + ph

@@ -21,7 +21,7 @@ class ItemReport:
     step_flags: list[int]             # per step: 0 in band, 1 mild, 2 strong
     active_steps: list[int]
     corrected_steps: list[int]
-    guidance_off_steps: list[int]
+    steered_steps: list[int]          # steps whose guidance the guard changed (guidance strategies)
     non_finite_step: int | None = None
 
 

@@ -95,17 +95,17 @@ def guarded_sample(pair: PairDenoiser, x: torch.Tensor, sigmas: torch.Tensor, se
     if b == 0:
         return SampleResult(x.clone(), guard.report(), guard)
     need_uncond = cfg != 1.0
-    cfg_t = torch.full((b,), float(cfg))
 
     def evaluate(xx, s, rows=None):
         sv = torch.full((xx.shape[0],), s, device=xx.device, dtype=xx.dtype)
         return pair(xx, sv, rows, need_uncond)
 
-    def combine(c, u, scales):
-        return c if u is None else guided(c, u, scales.to(c.device))
+    def combine(c, u):
+        return c if u is None else guard.guided_prediction(c, u, cfg)
 
     cond, uncond = evaluate(x, sig[0])
-    denoised = combine(cond, uncond, cfg_t)
+    guard.begin(cond, uncond)
+    denoised = combine(cond, uncond)
     for j in range(len(sig) - 1):
         x_next = step(sampler, x, denoised, sig[j], sig[j + 1])
         last = j + 1 == len(sig) - 1
@@ -113,26 +113,21 @@ def guarded_sample(pair: PairDenoiser, x: torch.Tensor, sigmas: torch.Tensor, se
             cond_n = uncond_n = denoised_n = None
         else:
             cond_n, uncond_n = evaluate(x_next, sig[j + 1])
-            denoised_n = combine(cond_n, uncond_n, guard.guidance_scales(cfg))
+            denoised_n = combine(cond_n, uncond_n)
         act = guard.observe(j, x, x_next, denoised_n, cond_n, uncond_n)
 
-        if act.reguide is not None and bool(act.reguide.any()) and not last:
-            scales = guard.guidance_scales(cfg)
-            rows = act.reguide.nonzero().flatten()
+        if not last and uncond_n is not None and act.reguide is not None and bool(act.reguide.any()):
             if config.exact and act.rewind is not None and bool(act.rewind.any()):
-                # redo step j for items whose guidance just went off, from the same start
+                # redo step j for items whose guidance just changed, from the same start
                 back = act.rewind.nonzero().flatten()
-                d_back = combine(cond[back], None if uncond is None else uncond[back], scales[back])
+                d_back = combine(cond, uncond)[back]
                 x_next = x_next.clone()
                 x_next[back] = step(sampler, x[back], d_back, sig[j], sig[j + 1]).to(x_next.dtype)
                 c_b, u_b = evaluate(x_next[back], sig[j + 1], back)
-                cond_n, uncond_n = cond_n.clone(), None if uncond_n is None else uncond_n.clone()
-                cond_n[back] = c_b
-                if uncond_n is not None:
-                    uncond_n[back] = u_b
+                cond_n, uncond_n = cond_n.clone(), uncond_n.clone()
+                cond_n[back], uncond_n[back] = c_b, u_b
                 guard.note_extra_evals(len(back))
-            denoised_n = denoised_n.clone()
-            denoised_n[rows] = combine(cond_n[rows], None if uncond_n is None else uncond_n[rows], scales[rows])
+            denoised_n = combine(cond_n, uncond_n)
 
         if bool(act.correct.any()):
             rows = act.correct.nonzero().flatten()
@@ -142,11 +137,11 @@ def guarded_sample(pair: PairDenoiser, x: torch.Tensor, sigmas: torch.Tensor, se
                 denoised_n = denoised_n.clone()
                 if config.exact:
                     c_f, u_f = evaluate(x_fix, sig[j + 1], rows)
-                    denoised_n[rows] = combine(c_f, u_f, guard.guidance_scales(cfg)[rows])
                     cond_n, uncond_n = cond_n.clone(), None if uncond_n is None else uncond_n.clone()
                     cond_n[rows] = c_f
                     if uncond_n is not None:
                         uncond_n[rows] = u_f
+                    denoised_n[rows] = combine(cond_n, uncond_n)[rows]
                     guard.note_extra_evals(len(rows))
                 else:
                     denoised_n[rows] = shifted_prediction(denoised_n[rows], x_next[rows], x_fix).to(denoised_n.dtype)

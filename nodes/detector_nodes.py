@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import torch
 from comfy_api.latest import io, ui
 
@@ -70,4 +72,29 @@ class MemorizationDetector(io.ComfyNode):
         return io.NodeOutput(scores, flags, heat, overlay, curves, report.report.to_json(indent=1), burnt, ui=previews)
 
 
-NODES = [MemorizationDetector]
+class SaveReport(io.ComfyNode):
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        return io.Schema(
+            node_id="MemGuardSaveReport",
+            display_name="Save Memorization Report",
+            category=CATEGORY,
+            description="Write the run's full report (settings, per-step norms and z-scores, flags, scores) as "
+                        "JSON into ComfyUI's output folder.",
+            inputs=[REPORT.Input("report"), io.String.Input("filename_prefix", default="memguard/report")],
+            outputs=[],
+            is_output_node=True,
+        )
+
+    @classmethod
+    def execute(cls, report: GuardRecord, filename_prefix: str) -> io.NodeOutput:
+        import folder_paths
+
+        folder, name, counter, subfolder, _ = folder_paths.get_save_image_path(filename_prefix, folder_paths.get_output_directory())
+        path = os.path.join(folder, f"{name}_{counter:05}_.json")
+        with open(path, "w", encoding="utf-8") as f:
+            f.write(report.report.to_json(indent=1))
+        return io.NodeOutput(ui={"text": (f"{report.report.summary()}; saved {os.path.join(subfolder, os.path.basename(path))}",)})
+
+
+NODES = [MemorizationDetector, SaveReport]

@@ -18,7 +18,6 @@ import comfy.samplers
 
 from ..core.guard import StabilityGuard
 from ..core.hooked import SINGLE_EVAL_SAMPLERS
-from ..core.mitigate import guided
 from ..core.settings import RunSettings
 from ._compat import executing_node_id, send_ui_event
 from ._model_id import model_identity
@@ -121,6 +120,7 @@ def _sample(model, x, sigmas, extra_args=None, callback=None, disable=None, *, m
                                       disable=True, **inner.extra_options, **noise, **kw)
 
     remember(x, sig[0], evaluate(x, sig[0]))
+    guard.begin(cache["cond"], cache["uncond"])
     for j in range(len(sig) - 1):
         comfy.model_management.throw_exception_if_processing_interrupted()
         x_start, c_start, u_start = x, cache["cond"], cache["uncond"]
@@ -163,12 +163,11 @@ def _sample(model, x, sigmas, extra_args=None, callback=None, disable=None, *, m
 
 
 def _with_guidance(denoised, cond, uncond, guard: StabilityGuard, cfg: float):
-    """Items whose guidance the guard turned off get uncond + off_scale (cond - uncond)."""
-    if uncond is None or cond is None or not bool(guard.guidance_off.any()):
+    """Items whose guidance the guard steers get its guidance; the others keep ComfyUI's."""
+    if uncond is None or cond is None or not bool(guard.steering.any()):
         return denoised
-    rows = guard.guidance_off.nonzero().flatten().to(denoised.device)
-    scales = guard.guidance_scales(cfg).to(denoised.device)
+    rows = guard.steering.nonzero().flatten().to(denoised.device)
     out = denoised.clone()
-    out[rows] = guided(cond[rows], uncond[rows], scales[rows]).to(out.dtype)
+    out[rows] = guard.guided_prediction(cond, uncond, cfg)[rows].to(out.dtype)
     return out
 

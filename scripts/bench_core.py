@@ -24,7 +24,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repo root, for `core`
 
 from core.detect import SCORES, roc_auc, tpr_at_fpr  # noqa: E402
-from core.guard import GuardConfig  # noqa: E402
+from core.guard import STRATEGIES, GuardConfig  # noqa: E402
 from core.region_file import save_region  # noqa: E402
 from core.sampling import calibrate, guarded_sample, plain_sample  # noqa: E402
 from core.settings import RunSettings  # noqa: E402
@@ -103,7 +103,7 @@ def main() -> None:
     det_latent = torch.cat([r.latent for r in det])
     det_items = [it for r in det for it in r.report.items]
     strategies = {f"{s}/{'exact' if e else 'cheap'}": GuardConfig(mode="mitigate", strategy=s, exact=e)
-                  for s in ("stability", "delayed_guidance") for e in (True, False)}
+                  for s in STRATEGIES for e in (True, False)}
     mitigated = {}
     for name, cfg in strategies.items():
         res = run_chunks(tb, tests, guarded(cfg), args.chunk)
@@ -178,7 +178,7 @@ def main() -> None:
         rate = float(is_copy.float().mean()) * 100
         results["mitigation"][name] = {"memorization_rate": rate, "non_memorized_touched": len(touched),
                                        "largest_pixel_change": change,
-                                       "extra_model_calls": sum(1 for it in items if it.corrected_steps or it.guidance_off_steps)}
+                                       "extra_model_calls": sum(1 for it in items if it.corrected_steps or it.steered_steps)}
         print(f"  {name:25s}: {rate:5.1f} % copies; non-memorized touched {len(touched)}/{len(idx_n)} "
               f"({100 - 100 * len(touched) / len(idx_n):.1f} % bit-identical), largest pixel change {change:.3f}")
 

@@ -203,7 +203,7 @@ def test_guarded_sampler_wrapper_mitigates_and_refuses_multistep(comfy_session):
                                                            **guard_inputs("mitigate")}}
     g.update(custom_advanced(["1", 0], ["24", 0]))
     report = comfy_session.run_prompt(g).node_output("6")[0].report
-    assert all(it.guidance_off_steps for it in report.items)
+    assert all(it.steered_steps for it in report.items)
     g["23"]["inputs"]["sampler_name"] = "dpmpp_2m"
     with pytest.raises(PromptExecutionError, match="multistep sampler 'dpmpp_2m'"):
         comfy_session.run_prompt(g)

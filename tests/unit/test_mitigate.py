@@ -3,7 +3,7 @@ import math
 import torch
 
 from memguard.core.measures import item_norm, to_vp
-from memguard.core.mitigate import guided, shifted_prediction, stability_correction
+from memguard.core.mitigate import guided, project_out, shifted_prediction, stability_correction
 
 
 def test_rescale_sets_the_clean_norm_when_clamps_are_loose():
@@ -41,3 +41,13 @@ def test_guided_per_item_scales_and_shift():
     d, x, x2 = torch.zeros(1, 2), torch.ones(1, 2), torch.full((1, 2), 3.0)
     assert torch.equal(shifted_prediction(d, x, x2), torch.full((1, 2), 2.0))
     assert math.isclose(float(guided(c, u, torch.tensor([1.0, 1.0])).sum()), 6.0)
+
+
+def test_project_out_removes_only_the_given_direction():
+    torch.manual_seed(3)
+    g, d = torch.randn(2, 4, 3, 3), torch.randn(2, 4, 3, 3)
+    p = project_out(g, d)
+    assert torch.allclose((p * d).flatten(1).sum(1), torch.zeros(2), atol=1e-4)   # nothing left along d
+    assert torch.allclose(project_out(g, g), torch.zeros_like(g), atol=1e-5)
+    ortho = project_out(torch.randn(2, 4, 3, 3), d)
+    assert torch.allclose(project_out(ortho, d), ortho, atol=1e-5)                 # idempotent
