@@ -37,6 +37,7 @@ class GuardConfig:
     strategy: str = "orthogonal"         # how to steer, see STRATEGIES
     exact: bool = True                   # re-evaluate the model where a correction moved the latent
     off_scale: float = 0.0               # guidance scale while a flagged item's guidance is off
+    escalate: bool = True                # orthogonal: guidance off if the item leaves the band again
     detection: DetectionConfig = field(default_factory=DetectionConfig)
 
     def __post_init__(self):
@@ -195,6 +196,13 @@ class StabilityGuard:
         strategy = self.config.strategy
         new = active & ~self.steering & (self.first_flag == step)
         changed = new.clone()
+        if strategy == "orthogonal" and self.config.escalate:
+            # still out of band after the projection took over: the pull is elsewhere too, so
+            # this item's guidance goes off for the rest of the run (the copy is never allowed)
+            again = active & self.projected & (self.first_flag < step) & torch.isnan(self.override)
+            self.override[again] = 0.0
+            new |= again
+            changed |= again
         if strategy == "orthogonal" and bool(new.any()) and self._dir_start is not None:
             if self.g_star is None:
                 self.g_star = torch.zeros_like(self._dir_start)

@@ -23,7 +23,8 @@ def excess_share(energy: torch.Tensor, update_norm: torch.Tensor, band_hi: float
 
 
 def to_image_map(latent_map: torch.Tensor, height: int, width: int) -> torch.Tensor:
-    """A latent-space map [B, *spatial] -> [B, height, width] in [0, 1] (max-normalised per item).
+    """A latent-space energy map [B, *spatial] -> [B, height, width] in [0, 1]: the square root
+    (a magnitude, so the hot area reads at its size) upsampled and max-normalised per item.
 
     Video maps [B, T, h, w] are summed over time first: the mask marks where, not when.
     """
@@ -32,7 +33,7 @@ def to_image_map(latent_map: torch.Tensor, height: int, width: int) -> torch.Ten
         m = m.sum(dim=1)
     if m.shape[0] == 0:
         return torch.zeros(0, height, width)
-    m = torch.nan_to_num(m, nan=0.0, posinf=0.0, neginf=0.0).clamp(min=0)
+    m = torch.nan_to_num(m, nan=0.0, posinf=0.0, neginf=0.0).clamp(min=0).sqrt()   # energy -> magnitude
     m = F.interpolate(m.unsqueeze(1), size=(height, width), mode="bilinear", align_corners=False).squeeze(1)
     peak = m.flatten(1).amax(dim=1).clamp(min=1e-12).view(-1, 1, 1)
     return (m / peak).clamp(0, 1)

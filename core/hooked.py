@@ -45,6 +45,7 @@ class HookedRun:
         self.next_step = 0
         self.prev_x: torch.Tensor | None = None
         self.last_eval: tuple[float, torch.Tensor, torch.Tensor | None] | None = None
+        self.prev_eval: tuple[torch.Tensor, torch.Tensor | None, torch.Tensor] | None = None  # at prev_x
         self.finished = False
 
     # -- events --------------------------------------------------------------------------------
@@ -61,6 +62,8 @@ class HookedRun:
                 self.guard.begin(cond, uncond)
             else:
                 denoised = self._observe(k - 1, x, denoised, cond, uncond, reevaluate)
+            if self.guard.mitigating:   # what a redo of this step would start from
+                self.prev_eval = (cond, uncond, denoised)
             self.next_step = k + 1
         elif uncond is not None and bool(self.guard.steering.any()):
             denoised = self._reguide(denoised, cond, uncond, self.guard.steering)
@@ -94,9 +97,18 @@ class HookedRun:
     # -- decisions -----------------------------------------------------------------------------
     def _observe(self, step, x, denoised, cond, uncond, reevaluate):
         act = self.guard.observe(step, self.prev_x, x, denoised, cond, uncond)
+        prev_x, prev_eval = self.prev_x, self.prev_eval
         self.prev_x = x.detach().clone()
         if uncond is not None and act.reguide is not None and bool(act.reguide.any()):
             denoised = self._reguide(denoised, cond, uncond, act.reguide | self.guard.steering)
+            if act.rewind is not None and bool(act.rewind.any()) and prev_eval is not None:
+                # the step just taken used the old guidance: the state a redo with the new guidance
+                # would reach is x + (D_new - D_old)(1 - sigma_k / sigma_{k-1}) (exact for Euler)
+                c0, u0, d0 = prev_eval
+                r = self.sigmas[step + 1] / self.sigmas[step]
+                x_redo = (x.float() + (self.guard.guided_prediction(c0, u0, self.cfg).float() - d0.float()) * (1 - r))
+                act.correct = act.rewind
+                act.x_corrected = x_redo.cpu()
         if bool(act.correct.any()):
             denoised = self._fold(step + 1, x, denoised, act, reevaluate)
         return denoised

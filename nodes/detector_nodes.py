@@ -69,6 +69,8 @@ class MemorizationDetector(io.ComfyNode):
         previews = ui.PreviewImage(overlay, cls=cls).as_dict()
         previews["images"] += ui.PreviewImage(curves, cls=cls).as_dict()["images"]
         previews["text"] = (report.report.summary(),)
+        previews["memguard_flags"] = flags                      # the web extension colours the node by them
+        previews["memguard_available"] = [not any(it.verdict.startswith(("unavailable", "invalid")) for it in items)]
         return io.NodeOutput(scores, flags, heat, overlay, curves, report.report.to_json(indent=1), burnt, ui=previews)
 
 
