@@ -97,7 +97,7 @@ class HookedRun:
     # -- decisions -----------------------------------------------------------------------------
     def _observe(self, step, x, denoised, cond, uncond, reevaluate):
         act = self.guard.observe(step, self.prev_x, x, denoised, cond, uncond)
-        prev_x, prev_eval = self.prev_x, self.prev_eval
+        prev_eval = self.prev_eval
         self.prev_x = x.detach().clone()
         if uncond is not None and act.reguide is not None and bool(act.reguide.any()):
             denoised = self._reguide(denoised, cond, uncond, act.reguide | self.guard.steering)
