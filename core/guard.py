@@ -33,7 +33,7 @@ _Q = {name: i for i, name in enumerate(QUANTITIES)}
 
 @dataclass(frozen=True)
 class GuardConfig:
-    mode: str = "detect"                 # "detect" watches; "mitigate" also steers flagged items
+    mode: str = "mitigate"               # "detect" watches; "mitigate" also steers flagged items
     strategy: str = "orthogonal"         # how to steer, see STRATEGIES
     exact: bool = True                   # re-evaluate the model where a correction moved the latent
     off_scale: float = 0.0               # guidance scale while a flagged item's guidance is off

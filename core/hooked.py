@@ -60,10 +60,11 @@ class HookedRun:
             if k == 0:
                 self.prev_x = x.detach().clone()
                 self.guard.begin(cond, uncond)
+                start = (cond, uncond, denoised)
             else:
-                denoised = self._observe(k - 1, x, denoised, cond, uncond, reevaluate)
-            if self.guard.mitigating:   # what a redo of this step would start from
-                self.prev_eval = (cond, uncond, denoised)
+                denoised, start = self._observe(k - 1, x, denoised, cond, uncond, reevaluate)
+            if self.guard.mitigating:   # the predictions at this step's (effective) start, for a redo
+                self.prev_eval = start
             self.next_step = k + 1
         elif uncond is not None and bool(self.guard.steering.any()):
             denoised = self._reguide(denoised, cond, uncond, self.guard.steering)
@@ -87,20 +88,29 @@ class HookedRun:
         self.prev_x = x.detach().clone()
         self.next_step = max(self.next_step, i + 1)
 
-    def finish(self, x_final: torch.Tensor) -> None:
-        """The sampler's output: observe the last step (its clean norm is the latent's)."""
+    def finish(self, x_final: torch.Tensor) -> torch.Tensor:
+        """The sampler's output: observe the last step (its clean norm is the latent's) and return
+        the output, with the last step's correction applied where the strategy corrects latents."""
         last = self.guard.steps - 1
         if not self.finished and self.prev_x is not None and self.guard.observed == last:
-            self.guard.observe(last, self.prev_x, x_final, None)
+            act = self.guard.observe(last, self.prev_x, x_final, None)
+            if bool(act.correct.any()):
+                rows = act.correct.nonzero().flatten().to(x_final.device)
+                x_final = x_final.clone()
+                x_final[rows] = act.x_corrected[rows.cpu()].to(x_final.device, x_final.dtype)
         self.finished = True
+        return x_final
 
     # -- decisions -----------------------------------------------------------------------------
     def _observe(self, step, x, denoised, cond, uncond, reevaluate):
+        """Observe step `step` at the evaluation of its proposal x; returns the denoised the
+        sampler should use from x, and the predictions at the step's effective start."""
         act = self.guard.observe(step, self.prev_x, x, denoised, cond, uncond)
         prev_eval = self.prev_eval
         self.prev_x = x.detach().clone()
-        if uncond is not None and act.reguide is not None and bool(act.reguide.any()):
-            denoised = self._reguide(denoised, cond, uncond, act.reguide | self.guard.steering)
+        changed = act.reguide if act.reguide is not None else torch.zeros_like(act.active)
+        if uncond is not None and bool((changed | self.guard.steering).any()):
+            denoised = self._reguide(denoised, cond, uncond, changed | self.guard.steering)
             if act.rewind is not None and bool(act.rewind.any()) and prev_eval is not None:
                 # the step just taken used the old guidance: the state a redo with the new guidance
                 # would reach is x + (D_new - D_old)(1 - sigma_k / sigma_{k-1}) (exact for Euler)
@@ -109,9 +119,10 @@ class HookedRun:
                 x_redo = (x.float() + (self.guard.guided_prediction(c0, u0, self.cfg).float() - d0.float()) * (1 - r))
                 act.correct = act.rewind
                 act.x_corrected = x_redo.cpu()
+        start = (cond, uncond, denoised)
         if bool(act.correct.any()):
-            denoised = self._fold(step + 1, x, denoised, act, reevaluate)
-        return denoised
+            denoised, start = self._fold(step + 1, x, denoised, cond, uncond, act, reevaluate)
+        return denoised, start
 
     def _reguide(self, denoised, cond, uncond, rows_mask):
         rows = rows_mask.nonzero().flatten().to(denoised.device)
@@ -119,23 +130,29 @@ class HookedRun:
         out[rows] = self.guard.guided_prediction(cond, uncond, self.cfg)[rows].to(out.dtype)
         return out
 
-    def _fold(self, k, x, denoised, act, reevaluate):
-        """Use, from x, the denoised that takes the step as if it started at the corrected x'."""
+    def _fold(self, k, x, denoised, cond, uncond, act, reevaluate):
+        """Use, from x, the denoised that takes the step as if it started at the corrected x'.
+        Also returns the predictions at x' (re-evaluated, or shifted with the latent)."""
         rows = act.correct.nonzero().flatten().to(x.device)
         x_fix = x.clone()
         x_fix[rows] = act.x_corrected[rows.cpu()].to(x.device, x.dtype)
+        shift = (x_fix - x).float()
         r = self.sigmas[k + 1] / self.sigmas[k] if k + 1 < len(self.sigmas) else 0.0
-        out = denoised.clone()
         if reevaluate is not None:
             cond_f, uncond_f = reevaluate(x_fix)
             self.guard.note_extra_evals(len(rows))
             d_fix = cond_f if uncond_f is None else self.guard.guided_prediction(cond_f, uncond_f, self.cfg)
-            out[rows] = (d_fix[rows].float() + (x_fix[rows] - x[rows]).float() * (r / (1 - r))).to(out.dtype)
-        else:
-            out[rows] = shifted_prediction(denoised[rows], x[rows], x_fix[rows]).add(
-                (x_fix[rows] - x[rows]).float() * (r / (1 - r))).to(out.dtype)
+        else:   # the noise estimate held fixed while the latent moves
+            cond_f = cond + shift.to(cond.dtype)
+            uncond_f = None if uncond is None else uncond + shift.to(uncond.dtype)
+            d_fix = shifted_prediction(denoised, x, x_fix)
+        out, start_c, start_u, start_d = denoised.clone(), cond.clone(), None if uncond is None else uncond.clone(), denoised.clone()
+        out[rows] = (d_fix[rows].float() + shift[rows] * (r / (1 - r))).to(out.dtype)
+        start_c[rows], start_d[rows] = cond_f[rows], d_fix[rows].to(start_d.dtype)
+        if start_u is not None:
+            start_u[rows] = uncond_f[rows]
         self.prev_x[rows] = x_fix[rows]
-        return out
+        return out, (start_c, start_u, start_d)
 
 
 def _same(a: float, b: float) -> bool:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 from collections import OrderedDict
 from dataclasses import dataclass, field
 
@@ -111,8 +112,6 @@ _settings_cache: dict[str, tuple[float, RunSettings]] = {}
 
 def _candidates():
     """(file name, settings) of every region in the calibration folders, cached by mtime."""
-    import os
-
     for name in _paths.list_files():
         try:
             path = _paths.resolve(name)
@@ -176,7 +175,7 @@ def _sampler_sample_wrapper(spec: GuardSpec):
         model_options["transformer_options"] = {**model_options.get("transformer_options", {}), KEY: run}
         out = executor(guider, sigmas, {**extra_args, "model_options": model_options}, on_step,
                        noise, latent_image, denoise_mask, disable_pbar)
-        run.finish(out)
+        out = run.finish(out)   # the last step's correction, if the strategy corrects latents
         record = GuardRecord(guard.report(), None if guard.heat is None else guard.heat.detach().float().cpu(),
                              tuple(noise.shape[1:]), guard.values[: guard.observed].clone())
         spec.records.append(record)

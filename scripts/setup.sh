@@ -163,6 +163,18 @@ if [[ "$COMFY_VER" != "$COMFYUI_VERSION" ]] && ! "$VPY" -c 'import torchaudio' >
     pip_install --no-deps "torchaudio==2.11.0" || die "could not install torchaudio"
 fi
 
+# --- 6. a browser for the web extension test ----------------------------------------------------
+step "Chromium (browser test)"
+if command -v chromium >/dev/null 2>&1 || command -v chromium-browser >/dev/null 2>&1; then
+    echo "found $(command -v chromium || command -v chromium-browser)"
+elif [[ "$(id -u)" == "0" ]] && command -v apt-get >/dev/null 2>&1; then
+    echo "installing Debian's chromium"
+    DEBIAN_FRONTEND=noninteractive apt-get update -qq || die "apt-get update failed"
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null || die "could not install chromium"
+else
+    echo "chromium not found and not root: the browser test will be skipped (install Debian's chromium to run it)"
+fi
+
 step "done"
 echo "venv:    $VENV"
 echo "ComfyUI: $COMFY_ROOT"

@@ -36,7 +36,7 @@ def test_detect_mode_is_bit_identical_to_plain_sampling(region):
     pair = cfg_pair(denoise, torch.cat([mus(3, 0.3, 50), mus(1, 4.0, 51)]), torch.zeros(4, *SHAPE))
     x = noise(4, 7)
     plain = plain_sample(pair, x, SIGMAS, CFG)
-    guarded = guarded_sample(pair, x, SIGMAS, settings(), CFG, region=region)
+    guarded = guarded_sample(pair, x, SIGMAS, settings(), CFG, region=region, config=GuardConfig(mode="detect"))
     assert torch.equal(plain, guarded.latent)
     flagged = [it.flagged for it in guarded.report.items]
     assert flagged == [False, False, False, True]

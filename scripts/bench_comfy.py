@@ -1,0 +1,112 @@
+"""Wall-time overhead of the guard inside ComfyUI: guarded / stock KSampler on the same workflow,
+in the same run, on the tiny SD1.x checkpoint the tests build (detect and mitigate modes).
+
+    .venv/bin/python scripts/bench_comfy.py [--steps 20] [--repeats 5]
+
+Stock and guarded runs alternate and each figure is the median of the repeats. Mitigate mode uses
+a stability region calibrated here for the same settings, so the guard really scores every step
+(and would steer a flagged item; it reports how many were flagged). Nothing here is a test.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "tests" / "comfyui"))
+
+
+def graph(ckpt, cond_node, sampler_cls, seed, steps, extra=None):
+    g = {
+        "1": {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": ckpt}},
+        "2": {"class_type": cond_node, "inputs": {"width": 768, "tokens": 77, "value": 0.5}},
+        "3": {"class_type": cond_node, "inputs": {"width": 768, "tokens": 77, "value": 0.0}},
+        "4": {"class_type": "EmptyLatentImage", "inputs": {"width": 64, "height": 64, "batch_size": 2}},
+        "5": {"class_type": sampler_cls, "inputs": {
+            "model": ["1", 0], "seed": seed, "steps": steps, "cfg": 7.5, "sampler_name": "euler", "scheduler": "normal",
+            "positive": ["2", 0], "negative": ["3", 0], "latent_image": ["4", 0], "denoise": 1.0, **(extra or {})}},
+        "6": {"class_type": "PreviewAny", "inputs": {"source": ["5", 0]}},
+    }
+    return g
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--steps", type=int, default=20)
+    ap.add_argument("--repeats", type=int, default=5)
+    args = ap.parse_args()
+
+    from harness import ComfySession, ConstantConditioning
+    from tiny_sd import build_tiny_sd
+
+    session = ComfySession.start(Path(tempfile.mkdtemp(prefix="memguard-bench-")))
+    try:
+        import torch
+
+        torch.set_num_threads(2)
+        ckpt = build_tiny_sd(session.checkpoints_dir, "sd15").name
+        session.register_node(ConstantConditioning.NODE_ID, ConstantConditioning)
+        cond = ConstantConditioning.NODE_ID
+        pack = session.pack_module
+        guard_defaults = {"strategy": "orthogonal", "exact": True, "tau_mild": 3.0, "tau_strong": 14.0, "gamma": 3.0,
+                          "active_fraction": 0.2}
+
+        # a region for exactly these settings, from 8 runs of the patch in record-only mode
+        from importlib import import_module
+
+        hooks = import_module(f"{pack.__name__}.nodes.guard_hooks")
+        core_region = import_module(f"{pack.__name__}.core.region")
+        core_settings = import_module(f"{pack.__name__}.core.settings")
+        core_file = import_module(f"{pack.__name__}.core.region_file")
+        core_guard = import_module(f"{pack.__name__}.core.guard")
+        import nodes as comfy_nodes
+
+        model = comfy_nodes.CheckpointLoaderSimple().load_checkpoint(ckpt)[0]
+        positive = ConstantConditioning().make(768, 77, 0.5)[0]
+        negative = ConstantConditioning().make(768, 77, 0.0)[0]
+        spec = hooks.GuardSpec(core_guard.GuardConfig(), calibration=None, scheduler="normal", denoise=1.0,
+                               lookup_cache=False, live_events=False)
+        patched = hooks.patch_model(model, spec)
+        latent = {"samples": torch.zeros(2, 4, 8, 8)}
+        builder = None
+        for seed in range(100, 104):
+            comfy_nodes.common_ksampler(patched, seed, args.steps, 7.5, "euler", "normal", positive, negative, latent)
+            record = spec.records.pop()
+            if builder is None:
+                builder = core_region.RegionBuilder(core_settings.RunSettings.from_dict(record.report.settings))
+            builder.add_run(record.measures)
+        cal_dir = session.models_dir / "memguard_calibration"
+        core_file.save_region(builder.build({"bench": True}), cal_dir / "bench_tiny_sd.safetensors")
+
+        variants = {
+            "stock KSampler": ("KSampler", None),
+            "guarded, detect": ("MemGuardKSampler", {"mode": "detect", **guard_defaults}),
+            "guarded, mitigate": ("MemGuardKSampler", {"mode": "mitigate", **guard_defaults}),
+        }
+        times = {name: [] for name in variants}
+        flagged = 0
+        for r in range(args.repeats + 1):         # the first round warms up and is not counted
+            for name, (cls, extra) in variants.items():
+                t = time.perf_counter()
+                result = session.run_prompt(graph(ckpt, cond, cls, 7 + r, args.steps, extra), reuse_cache=True)
+                if r:
+                    times[name].append(time.perf_counter() - t)
+                if r and cls == "MemGuardKSampler" and extra["mode"] == "mitigate":
+                    flagged += sum(it.flagged for it in result.node_output("5")[1].report.items)
+        stock = statistics.median(times["stock KSampler"])
+        print(f"tiny SD1.x checkpoint, 64x64, batch 2, euler/normal {args.steps} steps, cfg 7.5, CPU, "
+              f"median of {args.repeats} alternating runs (prompt execution; the loader stays cached)")
+        for name, ts in times.items():
+            print(f"  {name:20s}: {statistics.median(ts):7.3f}s  ratio to stock {statistics.median(ts) / stock:.4f}")
+        print(f"  items flagged in mitigate runs: {flagged} of {2 * args.repeats} (region calibrated on 8 runs here)")
+    finally:
+        session.close()
+
+
+if __name__ == "__main__":
+    main()
