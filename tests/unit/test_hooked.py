@@ -75,3 +75,20 @@ def test_multi_evaluation_samplers_are_observed_at_the_callback(region):
     assert not run.per_eval
     host_euler(cond, x, run, exact=False)
     assert guard.observed == STEPS and all(it.flagged for it in guard.report().items)
+
+
+def test_video_latents_through_the_hooks():
+    shape = (4, 3, 4, 4)
+    settings = RunSettings("toy", "euler", "karras", STEPS, CFG, shape)
+    guard = StabilityGuard(settings, SIGMAS, 2, None, GuardConfig())
+    run = HookedRun(guard, CFG, "euler")
+    x = torch.randn(2, *shape) * SIGMAS[0]
+    sig = [float(s) for s in SIGMAS]
+    for i in range(STEPS):
+        c = denoise(x, torch.full((2,), sig[i]), torch.ones(2, *shape))
+        u = denoise(x, torch.full((2,), sig[i]), torch.zeros(2, *shape))
+        d = run.on_eval(x, sig[i], c, u, u + CFG * (c - u))
+        run.on_step(i, x, d)
+        x = x + (x - d) / sig[i] * (sig[i + 1] - sig[i])
+    run.finish(x)
+    assert guard.observed == STEPS and guard.report().items[0].verdict.startswith("unavailable: no stability region")
