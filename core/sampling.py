@@ -6,8 +6,9 @@
                             config=GuardConfig(mode="mitigate"))
     result.latent, result.report
 
-Conventions are k-diffusion's: x = x0 + sigma * eps, sigmas decreasing to 0, and x starts as
-noise * sigmas[0] (plus the latent when denoising less than fully).
+Conventions are k-diffusion's: x = x0 + sigma * eps, sigmas decreasing to 0. Start x as ComfyUI
+does (core.schedule.start_latent): noise * sqrt(1 + sigmas[0]^2) for a full denoise, so that
+regions calibrated here and inside ComfyUI agree.
 """
 
 from __future__ import annotations

@@ -67,6 +67,15 @@ class DiscreteSchedule:
         return sig[-(steps + 1):].float()
 
 
+def start_latent(noise: torch.Tensor, sigmas: torch.Tensor, sigma_max: float) -> torch.Tensor:
+    """The starting x for pure noise, as ComfyUI's epsilon models make it: at the top of the
+    schedule (a full denoise) noise * sqrt(1 + sigma^2), so the VP latent is exactly the unit
+    noise; further down noise * sigma (add the encoded image for img2img)."""
+    sigma = float(sigmas[0])
+    top = math.isclose(sigma, sigma_max, rel_tol=1e-5) or sigma > sigma_max
+    return noise * (vp_scale(sigma) if top else sigma)
+
+
 def vp_scale(sigma: torch.Tensor | float) -> torch.Tensor | float:
     """x = z * sqrt(1 + sigma^2): the factor between k-diffusion's x and the VP latent z."""
     if isinstance(sigma, torch.Tensor):

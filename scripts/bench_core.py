@@ -27,6 +27,7 @@ from core.detect import SCORES, roc_auc, tpr_at_fpr  # noqa: E402
 from core.guard import STRATEGIES, GuardConfig  # noqa: E402
 from core.region_file import save_region  # noqa: E402
 from core.sampling import calibrate, guarded_sample, plain_sample  # noqa: E402
+from core.schedule import start_latent  # noqa: E402
 from core.settings import RunSettings  # noqa: E402
 from core.testbed import load_testbed  # noqa: E402
 from core.testbed.dataset import TrainingStream, all_general_combos, general_caption, memorized_image, special_items  # noqa: E402
@@ -75,6 +76,10 @@ def main() -> None:
 
     tb = load_testbed(args.weights) if args.weights else load_testbed()
     sigmas = tb.schedule.sigmas_for(STEPS, SCHEDULER)
+
+    def start(noise):                 # ComfyUI's scaling of the starting noise
+        return start_latent(noise, sigmas, tb.schedule.sigma_max)
+
     settings = RunSettings(tb.identity, SAMPLER, SCHEDULER, STEPS, CFG, tb.latent_shape)
     calib, memorized, novel, control = prompt_sets(args.seeds_per_memorized, args.seeds_per_control, args.novel)
     tests = memorized + novel + control
@@ -85,17 +90,17 @@ def main() -> None:
 
     # -- calibration --------------------------------------------------------------------------
     t0 = time.perf_counter()
-    runs = ((tb.pair([c for c, _ in calib[i:i + args.chunk]]), tb.noise([s for _, s in calib[i:i + args.chunk]]) * sigmas[0])
+    runs = ((tb.pair([c for c, _ in calib[i:i + args.chunk]]), start(tb.noise([s for _, s in calib[i:i + args.chunk]])))
             for i in range(0, len(calib), args.chunk))
     region = calibrate(runs, sigmas, settings, CFG, meta={"prompts": sorted({c for c, _ in calib}), "seeds_per_prompt": 2})
     save_region(region, args.out / "testbed_region.safetensors")
     print(f"calibrated in {time.perf_counter() - t0:.1f}s")
 
     def plain(pair, x):
-        return plain_sample(pair, x * sigmas[0], sigmas, CFG, SAMPLER)
+        return plain_sample(pair, start(x), sigmas, CFG, SAMPLER)
 
     def guarded(config):
-        return lambda pair, x: guarded_sample(pair, x * sigmas[0], sigmas, settings, CFG, region=region, config=config)
+        return lambda pair, x: guarded_sample(pair, start(x), sigmas, settings, CFG, region=region, config=config)
 
     # -- plain, detect, mitigate --------------------------------------------------------------
     base = torch.cat(run_chunks(tb, tests, plain, args.chunk))

@@ -17,6 +17,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repo root, f
 
 from core.region_file import save_region  # noqa: E402
 from core.sampling import calibrate  # noqa: E402
+from core.schedule import start_latent  # noqa: E402
 from core.settings import RunSettings  # noqa: E402
 from core.testbed import WEIGHTS, load_testbed  # noqa: E402
 
@@ -30,10 +31,14 @@ def main() -> None:
     torch.set_num_threads(2)
     tb = load_testbed()
     sigmas = tb.schedule.sigmas_for(STEPS, "normal")
+
+    def start(noise):                 # ComfyUI's scaling of the starting noise
+        return start_latent(noise, sigmas, tb.schedule.sigma_max)
+
     settings = RunSettings(tb.identity, "euler", "normal", STEPS, CFG, tb.latent_shape, 1.0)
     calib = prompt_sets(1, 1, 1)[0]
     chunk = 50
-    runs = ((tb.pair([c for c, _ in calib[i:i + chunk]]), tb.noise([s for _, s in calib[i:i + chunk]]) * sigmas[0])
+    runs = ((tb.pair([c for c, _ in calib[i:i + chunk]]), start(tb.noise([s for _, s in calib[i:i + chunk]])))
             for i in range(0, len(calib), chunk))
     region = calibrate(runs, sigmas, settings, CFG, meta={"prompts": sorted({c for c, _ in calib}), "seeds_per_prompt": 2})
     save_region(region, OUT)

@@ -2,7 +2,7 @@
 
     tb = load_testbed()                         # the committed weights, CPU, float32
     pair = tb.pair(["a red circle on a blue background by zorvath"])
-    x = torch.randn(1, *tb.latent_shape) * sigmas[0]
+    x = start_latent(tb.noise([7]), sigmas, tb.schedule.sigma_max)   # core.schedule
 
 It works as an SD-style epsilon model on SD's discrete schedule: `denoise(x, sigma, context)`
 returns the clean prediction in k-diffusion's x-space, and `unet(z, t, context)` is the raw

@@ -17,7 +17,7 @@ def test_comfyui_and_core_sample_the_same(comfy_session, mode, strategy):
     import comfy.sample
 
     pack = comfy_session.pack_module.__name__
-    core = {m: importlib.import_module(f"{pack}.core.{m}") for m in ("sampling", "guard", "settings", "region_file")}
+    core = {m: importlib.import_module(f"{pack}.core.{m}") for m in ("sampling", "guard", "settings", "region_file", "schedule")}
     testbed = importlib.import_module(f"{pack}.core.testbed")
     result = comfy_session.run_prompt(demo_graph(MEMORIZED, batch=3, seed=11, mode=mode, strategy=strategy, detector=False))
     comfy_latent = result.node_output("5")[0]["samples"]
@@ -28,7 +28,8 @@ def test_comfyui_and_core_sample_the_same(comfy_session, mode, strategy):
     sigmas = tb.schedule.sigmas_for(50, "normal")
     region = core["region_file"].load_region(testbed.WEIGHTS.parent / "testbed_region.safetensors")
     settings = core["settings"].RunSettings(tb.identity, "euler", "normal", 50, 7.5, tb.latent_shape, 1.0)
-    ours = core["sampling"].guarded_sample(tb.pair([MEMORIZED] * 3), noise * sigmas[0], sigmas, settings, 7.5,
+    x = core["schedule"].start_latent(noise, sigmas, tb.schedule.sigma_max)
+    ours = core["sampling"].guarded_sample(tb.pair([MEMORIZED] * 3), x, sigmas, settings, 7.5,
                                            region=region, config=core["guard"].GuardConfig(mode=mode, strategy=strategy))
     assert [it.flagged for it in comfy_report.items] == [it.flagged for it in ours.report.items]
     assert torch.allclose(comfy_latent, ours.latent, atol=2e-3, rtol=1e-3)

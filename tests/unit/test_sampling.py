@@ -123,3 +123,15 @@ def test_video_latents_and_cfg_one_is_never_clean():
     assert all(it.verdict.startswith("unavailable: no classifier-free guidance") for it in r.report.items)
     assert all(not it.flagged for it in r.report.items)
     assert r.guard.heat_map(8, 8).shape == (2, 8, 8)
+
+
+def test_start_latent_matches_comfyui_noise_scaling():
+    from memguard.core.schedule import DiscreteSchedule, start_latent
+
+    schedule = DiscreteSchedule()
+    unit = torch.randn(2, *SHAPE, generator=torch.Generator().manual_seed(3))
+    full = schedule.sigmas_for(20, "normal")
+    # a full denoise starts with a VP latent that is exactly the unit noise
+    assert torch.allclose(start_latent(unit, full, schedule.sigma_max) / (1 + full[0] ** 2).sqrt(), unit)
+    partial = schedule.sigmas_for(20, "normal", denoise=0.5)
+    assert torch.equal(start_latent(unit, partial, schedule.sigma_max), unit * float(partial[0]))
