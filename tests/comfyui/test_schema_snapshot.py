@@ -14,7 +14,7 @@ EXPECTED_IDS = {
     "MemGuardKSampler", "MemGuardModelPatch", "MemGuardReport", "MemGuardSampler", "MemGuardDetector",
     "MemGuardCalibrate", "MemGuardAutoCalibration", "MemGuardSaveCalibration", "MemGuardLoadCalibration",
     "MemGuardPromptList", "MemGuardTestbedLoader", "MemGuardTestbedTextEncode", "MemGuardTestbedEmptyLatent",
-    "MemGuardTestbedDecode",
+    "MemGuardTestbedDecode", "MemGuardSaveReport",
 }
 
 
