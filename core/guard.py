@@ -22,11 +22,11 @@ from .settings import RunSettings
 
 MODES = ("detect", "mitigate")
 # how mitigate steers a flagged item (see core/mitigate.py):
+#   unconditional     guidance off for the rest of the run: no copy, but the prompt stops steering
 #   orthogonal        keep guiding, minus the direction guidance pointed in at the flagged step
 #   delayed_guidance  guidance off (off_scale) until ||eps_c - eps_u|| passes a local minimum
-#   unconditional     guidance off for the rest of the run: no copy, but the prompt stops steering
 #   stability         rescale the clean prediction and clamp the latent into the band (the paper)
-STRATEGIES = ("orthogonal", "delayed_guidance", "unconditional", "stability")
+STRATEGIES = ("unconditional", "orthogonal", "delayed_guidance", "stability")
 GUIDANCE_STRATEGIES = ("orthogonal", "delayed_guidance", "unconditional")
 _Q = {name: i for i, name in enumerate(QUANTITIES)}
 
@@ -34,7 +34,7 @@ _Q = {name: i for i, name in enumerate(QUANTITIES)}
 @dataclass(frozen=True)
 class GuardConfig:
     mode: str = "mitigate"               # "detect" watches; "mitigate" also steers flagged items
-    strategy: str = "orthogonal"         # how to steer, see STRATEGIES
+    strategy: str = "unconditional"      # how to steer, see STRATEGIES
     exact: bool = True                   # re-evaluate the model where a correction moved the latent
     off_scale: float = 0.0               # guidance scale while a flagged item's guidance is off
     escalate: bool = True                # orthogonal: guidance off if the item leaves the band again

@@ -30,9 +30,11 @@ def guard_inputs() -> list[io.Input]:
                        tooltip="detect: watch and report, the image is exactly what the sampler makes. "
                                "mitigate: also steer flagged items away from the memorized image."),
         io.Combo.Input("strategy", options=list(STRATEGIES), default=_G.strategy, **advanced(),
-                       tooltip="How mitigate steers a flagged item: delayed_guidance turns its guidance off until "
-                               "the trajectory leaves the memorized basin; stability rescales and clamps its latent "
-                               "into the calibrated band (Broken Memories)."),
+                       tooltip="How mitigate steers a flagged image. unconditional: its guidance goes off from the "
+                               "flagged step (no copy, but the prompt stops steering it). orthogonal: keeps guiding "
+                               "minus the direction that pulled toward the copy (keeps more of the prompt, removes "
+                               "fewer copies). delayed_guidance: guidance off until the trajectory leaves the "
+                               "memorized basin (Jain et al.). stability: the paper's rescale-and-clamp correction."),
         io.Boolean.Input("exact", default=_G.exact, **advanced(),
                          tooltip="Re-evaluate the model where a correction moved the latent (one extra model call, "
                                  "on active steps of flagged items only)."),

@@ -53,7 +53,7 @@ def main() -> None:
         session.register_node(ConstantConditioning.NODE_ID, ConstantConditioning)
         cond = ConstantConditioning.NODE_ID
         pack = session.pack_module
-        guard_defaults = {"strategy": "orthogonal", "exact": True, "tau_mild": 3.0, "tau_strong": 14.0, "gamma": 3.0,
+        guard_defaults = {"strategy": "unconditional", "exact": True, "tau_mild": 3.0, "tau_strong": 14.0, "gamma": 3.0,
                           "active_fraction": 0.2}
 
         # a region for exactly these settings, from 8 runs of the patch in record-only mode
