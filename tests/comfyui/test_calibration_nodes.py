@@ -65,3 +65,22 @@ def test_missing_file_names_the_folders_searched(comfy_session):
         comfy_session.run_prompt(graph)
     assert "nope.safetensors" in str(e.value)
     assert str(comfy_session.models_dir / "memguard_calibration") in str(e.value)
+
+
+def test_auto_calibration_calibrates_once_per_setting_and_caches(comfy_session):
+    graph = demo_graph(NOVEL, steps=STEPS)
+    graph["13"] = {"class_type": "MemGuardAutoCalibration", "inputs": {
+        "clip": ["1", 1], "prompts": "", "prompt_count": 3, "seeds_per_prompt": 2, "negative_prompt": "", "seed": 0}}
+    graph["5"] = {**graph["5"], "inputs": {**graph["5"]["inputs"], "calibration": ["13", 0]}}
+    auto = comfy_session.models_dir / "memguard_calibration" / "auto"
+    before = set(auto.glob("*.safetensors")) if auto.exists() else set()
+    first = comfy_session.run_prompt(graph).node_output("5")[1].report
+    made = set(auto.glob("*.safetensors")) - before
+    assert len(made) == 1 and first.region["meta"]["trajectories"] == 6
+    stamp = next(iter(made)).stat().st_mtime_ns
+    graph["5"]["inputs"]["seed"] = 4          # a new run with the same settings reuses the cached region
+    comfy_session.run_prompt(graph)
+    assert next(iter(made)).stat().st_mtime_ns == stamp and set(auto.glob("*.safetensors")) - before == made
+    graph["5"]["inputs"]["cfg"] = 6.0         # a new setting calibrates again
+    comfy_session.run_prompt(graph)
+    assert len(set(auto.glob("*.safetensors")) - before) == 2

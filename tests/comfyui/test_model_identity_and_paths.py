@@ -1,0 +1,44 @@
+"""Calibrations are keyed by the model's weights (LoRAs included), and the calibration folder
+honours extra_model_paths.yaml."""
+
+from __future__ import annotations
+
+import importlib
+
+import torch
+
+
+def test_weight_patches_change_the_model_identity(comfy_session):
+    pack = comfy_session.pack_module.__name__
+    model_id = importlib.import_module(f"{pack}.nodes._model_id")
+    testbed_nodes = importlib.import_module(f"{pack}.nodes.testbed_nodes")
+    _, model = testbed_nodes._load()
+    base_id = model_id.model_identity(model)
+    assert base_id == model_id.model_identity(model.clone())        # clones and wrappers do not matter
+    lora = model.clone()
+    key = next(k for k in lora.model_state_dict() if k.endswith("conv_in.weight"))
+    lora.add_patches({key: (torch.full_like(lora.model_state_dict()[key], 0.01),)}, 0.7)
+    assert model_id.model_identity(lora) != base_id
+    stronger = model.clone()
+    stronger.add_patches({key: (torch.full_like(stronger.model_state_dict()[key], 0.01),)}, 0.9)
+    assert model_id.model_identity(stronger) not in (base_id, model_id.model_identity(lora))
+
+
+def test_calibration_folder_from_extra_model_paths_keeps_its_paths(comfy_session, tmp_path):
+    import folder_paths
+
+    pack = comfy_session.pack_module.__name__
+    paths = importlib.import_module(f"{pack}.nodes._paths")
+    saved = folder_paths.folder_names_and_paths.get(paths.FOLDER)
+    try:
+        # what extra_model_paths.yaml leaves behind for an unknown key: the path, with no extension filter
+        folder_paths.folder_names_and_paths[paths.FOLDER] = ([str(tmp_path)], set())
+        paths.register()
+        assert folder_paths.folder_names_and_paths[paths.FOLDER] == ([str(tmp_path)], {".safetensors"})
+        (tmp_path / "a.safetensors").write_bytes(b"x")
+        (tmp_path / "notes.txt").write_text("not a region")
+        folder_paths.filename_list_cache.clear()
+        assert paths.list_files() == ["a.safetensors"]
+    finally:
+        folder_paths.folder_names_and_paths[paths.FOLDER] = saved
+        folder_paths.filename_list_cache.clear()
