@@ -4,7 +4,8 @@ For SamplerCustom / SamplerCustomAdvanced. Running the stock single-step functio
 slices gives exact per-step control: the latent can be corrected or a step redone before the
 next one starts, with no folding approximation. Each step's first model call is made once (the
 evaluation the guard needs at the proposal is cached and served to the next slice). Multistep
-samplers lose their history when sliced, so they are refused with a pointer to the model patch.
+samplers lose their history when sliced, so only samplers known to be slice-safe are accepted;
+the others are refused with a pointer to the model patch.
 """
 
 from __future__ import annotations
@@ -17,34 +18,26 @@ import comfy.model_patcher
 import comfy.samplers
 
 from ..core.guard import StabilityGuard
-from ..core.hooked import SINGLE_EVAL_SAMPLERS
-from ..core.settings import RunSettings
 from ._compat import executing_node_id, send_ui_event
-from ._model_id import model_identity
-from .guard_hooks import (
-    DONE_EVENT,
-    RECENT_RUNS,
-    STEP_EVENT,
-    GuardRecord,
-    GuardSpec,
-    _step_event,
-    resolve_region,
-    sampler_name,
-)
+from .guard_hooks import STEP_EVENT, GuardSpec, publish_run, sampler_name, start_guard, step_event
 
-# stepping these one slice at a time changes them (history) or breaks them (uni_pc, adaptive)
-MULTISTEP = frozenset(SINGLE_EVAL_SAMPLERS - {"euler", "euler_ancestral", "ddpm", "lcm", "euler_cfg_pp",
-                                               "euler_ancestral_cfg_pp"}) | {"dpm_fast", "dpm_adaptive"}
+# samplers whose steps depend only on (x, sigma_i, sigma_i+1) and the shared noise sampler: running
+# them on 2-sigma slices is exactly the unsliced run (checked against ComfyUI 0.3.75's k-diffusion);
+# the rest keep a history or read the whole schedule, and slicing would silently change them
+SLICE_SAFE = frozenset({
+    "euler", "euler_cfg_pp", "euler_ancestral", "euler_ancestral_cfg_pp", "heun", "dpm_2", "dpm_2_ancestral",
+    "dpmpp_2s_ancestral", "dpmpp_2s_ancestral_cfg_pp", "dpmpp_sde", "dpmpp_sde_gpu", "ddpm", "lcm",
+})
 
 
 def guarded_sampler(inner, spec: GuardSpec):
     name = sampler_name(inner)
     if not hasattr(inner, "sampler_function"):
         raise ValueError(f"The guarded SAMPLER can wrap ComfyUI's k-diffusion samplers; {type(inner).__name__} is not one.")
-    if name in MULTISTEP:
+    if name not in SLICE_SAFE:
         raise ValueError(f"The guarded SAMPLER steps one sigma at a time, which would change the multistep sampler "
-                         f"'{name}' (it keeps a history across steps). Use 'Memorization Guard (model patch)' with "
-                         "it instead, or a single-step sampler (euler, euler_ancestral, heun, dpm_2, dpmpp_sde, ...).")
+                         f"'{name}' (it keeps a history across steps or reads the whole schedule). Use "
+                         "'Memorization Guard (model patch)' with it instead, or one of: " + ", ".join(sorted(SLICE_SAFE)) + ".")
     return comfy.samplers.KSAMPLER(_sample, extra_options={"memguard_inner": inner, "memguard_spec": spec},
                                    inpaint_options=getattr(inner, "inpaint_options", {}))
 
@@ -69,13 +62,7 @@ def _sample(model, x, sigmas, extra_args=None, callback=None, disable=None, *, m
     cfg = float(getattr(guider, "cfg", 1.0))
     name = sampler_name(inner)
     sig = [float(s) for s in sigmas]
-    settings = RunSettings(model=model_identity(guider.model_patcher), sampler=name, scheduler=spec.scheduler,
-                           steps=len(sig) - 1, cfg=cfg, latent_shape=tuple(x.shape[1:]), denoise=spec.denoise,
-                           sigmas=tuple(sig))
-    region, source = resolve_region(spec, settings)
-    guard = StabilityGuard(settings, sigmas.detach().float().cpu(), x.shape[0], region, spec.config)
-    if source:
-        guard.notes.append(f"region: {source}")
+    guard = start_guard(spec, guider, name, sigmas, x)
     has_uncond = cfg != 1.0
     seen = {}   # the latest evaluation's cond/uncond predictions
 
@@ -102,11 +89,12 @@ def _sample(model, x, sigmas, extra_args=None, callback=None, disable=None, *, m
     if "noise_sampler" in params and extra_args.get("noise_sampler") is None:
         # one noise sampler for the whole run, as the unsliced sampler would have
         seed = extra_args.get("seed")
-        if "sde" in name:
+        if name in ("dpmpp_sde", "dpmpp_sde_gpu"):
             positive = sigmas[sigmas > 0]
-            noise["noise_sampler"] = kds.BrownianTreeNoiseSampler(x, positive.min(), positive.max(), seed=seed, cpu=True)
+            sampler = kds.BrownianTreeNoiseSampler(x, positive.min(), sigmas.max(), seed=seed, cpu=name == "dpmpp_sde")
         else:
-            noise["noise_sampler"] = kds.default_noise_sampler(x, seed=seed)
+            sampler = kds.default_noise_sampler(x, seed=seed)
+        noise["noise_sampler"] = _ReplayedOnRedo(sampler)
     node = executing_node_id()
 
     def remember(xx, s, d):
@@ -132,8 +120,12 @@ def _sample(model, x, sigmas, extra_args=None, callback=None, disable=None, *, m
         act = guard.observe(j, x_start, x_next, d_next, cond, uncond)
         if not last and act.rewind is not None and bool(act.rewind.any()) and spec.config.exact:
             # redo step j with the item's guidance off, from the same start (served from the cache)
+            # and the same noise; only the flagged items take the redone step
             cache.update(x=x_start, sigma=sig[j], cond=c_start, uncond=u_start)
-            x_next = one_step(j, x_start)
+            rows = act.rewind.nonzero().flatten().to(x_next.device)
+            redo = one_step(j, x_start)
+            x_next = x_next.clone()
+            x_next[rows] = redo[rows]
             d_next = evaluate(x_next, sig[j + 1])
             guard.note_extra_evals(int(act.rewind.sum()))
         elif not last and act.reguide is not None and bool(act.reguide.any()):
@@ -148,18 +140,27 @@ def _sample(model, x, sigmas, extra_args=None, callback=None, disable=None, *, m
         if not last:
             remember(x_next, sig[j + 1], d_next)
         if node is not None and spec.live_events:
-            send_ui_event(STEP_EVENT, _step_event(node, guard, j))
+            send_ui_event(STEP_EVENT, step_event(node, guard, j))
         x = x_next
 
-    record = GuardRecord(guard.report(), None if guard.heat is None else guard.heat.detach().float().cpu(),
-                         tuple(x.shape[1:]), guard.values[: guard.observed].clone())
-    spec.records.append(record)
     base = guider.model_patcher.model
-    RECENT_RUNS.add(base.process_latent_out(base.model_sampling.inverse_noise_scaling(sigmas[-1], x)), record)
-    if node is not None and spec.live_events:
-        send_ui_event(DONE_EVENT, {"node": node, "summary": record.report.summary(),
-                                   "flagged": [it.flagged for it in record.report.items]})
+    samples = base.process_latent_out(base.model_sampling.inverse_noise_scaling(sigmas[-1], x))
+    publish_run(spec, guard, guider, samples, node, last_step_event=False)   # the loop sent every step
     return x
+
+
+class _ReplayedOnRedo:
+    """A noise sampler that gives a redone step the same noise as its first try, so a redo changes
+    nothing but the flagged items' guidance (and the generator stays where the stock run has it)."""
+
+    def __init__(self, sampler):
+        self.sampler, self.key, self.noise = sampler, None, None
+
+    def __call__(self, sigma, sigma_next):
+        key = (float(sigma), float(sigma_next))
+        if key != self.key:
+            self.key, self.noise = key, self.sampler(sigma, sigma_next)
+        return self.noise
 
 
 def _with_guidance(denoised, cond, uncond, guard: StabilityGuard, cfg: float):
