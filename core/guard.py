@@ -256,6 +256,8 @@ class StabilityGuard:
                 out.append("unavailable: no classifier-free guidance (cfg <= 1), the signal needs it")
             elif self.region is None:
                 out.append("unavailable: no stability region for these settings")
+            elif self.observed == 0:
+                out.append("unavailable: no sampling step was observed")
             elif self.non_finite[i] >= 0:
                 out.append(f"invalid: non-finite values from step {int(self.non_finite[i])}")
             elif flagged[i]:
@@ -275,9 +277,9 @@ class StabilityGuard:
                 index=i, verdict=verdicts[i], flagged=verdicts[i] == "memorized",
                 severity=detect.SEVERITY_NAMES[int(self.severity[i])],
                 first_flagged_step=first if first >= 0 else None,
-                scores={k: _num(v[i]) for k, v in sc.items()},
-                norms={q: [_num(v) for v in self.values[:n, j, i]] for q, j in _Q.items()},
-                zscores={q: [_num(v) for v in self.z[:n, j, i]] for q, j in _Q.items()},
+                scores={k: finite_or_none(v[i]) for k, v in sc.items()},
+                norms={q: [finite_or_none(v) for v in self.values[:n, j, i]] for q, j in _Q.items()},
+                zscores={q: [finite_or_none(v) for v in self.z[:n, j, i]] for q, j in _Q.items()},
                 step_flags=[int(v) for v in self.flags[:n, i]],
                 active_steps=self.active[:n, i].nonzero().flatten().tolist(),
                 corrected_steps=self.corrected[:n, i].nonzero().flatten().tolist(),
@@ -288,15 +290,15 @@ class StabilityGuard:
         if self.region is not None:
             g = self.config.detection.gamma
             region = {"settings": self.region.settings.to_dict(), "gamma": g, "meta": self.region.meta,
-                      "band": {q: {"low": [_num(v) for v in (self.region.mean[j] - g * self.region.std[j])],
-                                   "high": [_num(v) for v in (self.region.mean[j] + g * self.region.std[j])]}
+                      "band": {q: {"low": [finite_or_none(v) for v in (self.region.mean[j] - g * self.region.std[j])],
+                                   "high": [finite_or_none(v) for v in (self.region.mean[j] + g * self.region.std[j])]}
                                for q, j in _Q.items()}}
         return RunReport(settings=self.settings.to_dict(), config=_config_dict(self.config), sigmas=self.sigmas,
                          steps_observed=n, region=region, items=items, extra_model_calls=self.extra_evals,
                          notes=list(self.notes))
 
 
-def _num(v) -> float | None:
+def finite_or_none(v) -> float | None:
     v = float(v)
     return v if math.isfinite(v) else None
 

@@ -9,7 +9,6 @@ carries state from one run into another.
 from __future__ import annotations
 
 import logging
-import math
 import os
 from collections import OrderedDict, deque
 from dataclasses import dataclass, field
@@ -19,7 +18,7 @@ import comfy.samplers
 import torch
 
 from ..core.calibration import RegionSet, find_matching
-from ..core.guard import GuardConfig, StabilityGuard
+from ..core.guard import GuardConfig, StabilityGuard, finite_or_none
 from ..core.hooked import HookedRun
 from ..core.region import StabilityRegion
 from ..core.region_file import RegionFileError, load_region, read_settings
@@ -43,6 +42,7 @@ class GuardRecord:
     heat: torch.Tensor | None            # [B, *latent spatial] instability energy, CPU
     latent_shape: tuple[int, ...]        # per item
     measures: torch.Tensor               # [steps, quantities, B]: what calibration accumulates
+    pixels_per_latent: int = 8           # image pixels per latent cell (SD's VAE: 8), for maps without an image
 
 
 @dataclass
@@ -101,9 +101,13 @@ def sampler_name(sampler) -> str:
 def patch_model(model, spec: GuardSpec):
     """A clone of `model` that runs the guard in every sampling run (KSampler, SamplerCustom, ...)."""
     m = model.clone()
+    # guarding a guarded model (a patch before the Guarded KSampler, or two patches) replaces the
+    # earlier guard: two would share one run slot and the outer one would see nothing
+    m.remove_wrappers_with_key(comfy.patcher_extension.WrappersMP.SAMPLER_SAMPLE, KEY)
     m.add_wrapper_with_key(comfy.patcher_extension.WrappersMP.SAMPLER_SAMPLE, KEY, _sampler_sample_wrapper(spec))
-    # keep ComfyUI's cfg=1 fast path: at cfg 1 there is no signal to read anyway
-    m.set_model_sampler_post_cfg_function(_post_cfg, disable_cfg1_optimization=False)
+    if _post_cfg not in m.model_options.get("sampler_post_cfg_function", []):
+        # keep ComfyUI's cfg=1 fast path: at cfg 1 there is no signal to read anyway
+        m.set_model_sampler_post_cfg_function(_post_cfg, disable_cfg1_optimization=False)
     return m
 
 
@@ -146,29 +150,54 @@ def resolve_region(spec: GuardSpec, settings: RunSettings) -> tuple[StabilityReg
     return None, ""
 
 
+# -- one guarded run, for the hooks and the guarded SAMPLER ---------------------------------------
+def start_guard(spec: GuardSpec, guider, sampler: str, sigmas: torch.Tensor, latent: torch.Tensor) -> StabilityGuard:
+    """The guard for one sampling run: its settings key, its region, notes on where that came from."""
+    cfg = float(getattr(guider, "cfg", 1.0))
+    settings = RunSettings(
+        model=model_identity(guider.model_patcher), sampler=sampler, scheduler=spec.scheduler,
+        steps=len(sigmas) - 1, cfg=cfg, latent_shape=tuple(latent.shape[1:]), denoise=spec.denoise,
+        sigmas=tuple(float(s) for s in sigmas))
+    region, source = resolve_region(spec, settings)
+    guard = StabilityGuard(settings, sigmas.detach().float().cpu(), latent.shape[0], region, spec.config)
+    if region is None and cfg > 1.0 and spec.lookup_cache:
+        guard.notes.append("no stability region for these settings: connect a calibration (Load Calibration "
+                           f"or Calibrate) or save one to {_paths.save_dir()}; only raw norms are reported")
+    elif source:
+        guard.notes.append(f"region: {source}")
+    return guard
+
+
+def publish_run(spec: GuardSpec, guard: StabilityGuard, guider, samples: torch.Tensor, node: str | None,
+                last_step_event: bool) -> GuardRecord:
+    """Keep the finished run's record (for Memorization Report, found by its output latent) and tell
+    the web extension; `samples` is the latent as the sampler node will output it."""
+    base = guider.model_patcher.model
+    record = GuardRecord(guard.report(), None if guard.heat is None else guard.heat.detach().float().cpu(),
+                         tuple(samples.shape[1:]), guard.values[: guard.observed].clone(),
+                         int(getattr(base.latent_format, "spacial_downscale_ratio", 8)))
+    spec.records.append(record)
+    RECENT_RUNS.add(samples, record)
+    if spec.live_events and node is not None:
+        if last_step_event and guard.observed:
+            send_ui_event(STEP_EVENT, step_event(node, guard, guard.observed - 1))
+        send_ui_event(DONE_EVENT, {"node": node, "summary": record.report.summary(),
+                                   "flagged": [it.flagged for it in record.report.items]})
+    return record
+
+
 # -- the hooks -----------------------------------------------------------------------------------
 def _sampler_sample_wrapper(spec: GuardSpec):
     def wrapper(executor, guider, sigmas, extra_args, callback, noise, latent_image, denoise_mask, disable_pbar):
         name = sampler_name(executor.class_obj)
-        cfg = float(getattr(guider, "cfg", 1.0))
-        settings = RunSettings(
-            model=model_identity(guider.model_patcher), sampler=name, scheduler=spec.scheduler,
-            steps=len(sigmas) - 1, cfg=cfg, latent_shape=tuple(noise.shape[1:]), denoise=spec.denoise,
-            sigmas=tuple(float(s) for s in sigmas))
-        region, source = resolve_region(spec, settings)
-        guard = StabilityGuard(settings, sigmas.detach().float().cpu(), noise.shape[0], region, spec.config)
-        if region is None and cfg > 1.0 and spec.lookup_cache:
-            guard.notes.append("no stability region for these settings: connect a calibration (Load Calibration "
-                               f"or Calibrate) or save one to {_paths.save_dir()}; only raw norms are reported")
-        elif source:
-            guard.notes.append(f"region: {source}")
-        run = HookedRun(guard, cfg, name)
+        guard = start_guard(spec, guider, name, sigmas, noise)
+        run = HookedRun(guard, float(getattr(guider, "cfg", 1.0)), name)
         node = executing_node_id()
 
         def on_step(step, x0, x, total):
             run.on_step(step, x, x0)
             if spec.live_events and node is not None and guard.observed:
-                send_ui_event(STEP_EVENT, _step_event(node, guard, guard.observed - 1))
+                send_ui_event(STEP_EVENT, step_event(node, guard, guard.observed - 1))
             if callback is not None:
                 callback(step, x0, x, total)
 
@@ -177,15 +206,7 @@ def _sampler_sample_wrapper(spec: GuardSpec):
         out = executor(guider, sigmas, {**extra_args, "model_options": model_options}, on_step,
                        noise, latent_image, denoise_mask, disable_pbar)
         out = run.finish(out)   # the last step's correction, if the strategy corrects latents
-        record = GuardRecord(guard.report(), None if guard.heat is None else guard.heat.detach().float().cpu(),
-                             tuple(noise.shape[1:]), guard.values[: guard.observed].clone())
-        spec.records.append(record)
-        RECENT_RUNS.add(guider.model_patcher.model.process_latent_out(out), record)
-        if spec.live_events and node is not None:
-            if guard.observed:
-                send_ui_event(STEP_EVENT, _step_event(node, guard, guard.observed - 1))   # the last step
-            send_ui_event(DONE_EVENT, {"node": node, "summary": record.report.summary(),
-                                       "flagged": [it.flagged for it in record.report.items]})
+        publish_run(spec, guard, guider, guider.model_patcher.model.process_latent_out(out), node, last_step_event=True)
         return out
 
     return wrapper
@@ -208,18 +229,13 @@ def _reevaluate(args, x_fix, has_uncond):
     return out[0], (out[1] if has_uncond else None)
 
 
-def _step_event(node: str, guard: StabilityGuard, step: int) -> dict:
+def step_event(node: str, guard: StabilityGuard, step: int) -> dict:
     """A small per-step message for the live chart: the update norm of each item against its band."""
     values = guard.values[step, 1]
     band = None
     if guard.region is not None:
         lo, hi = guard.region.band("update", step, guard.config.detection.gamma)
-        band = [_num(lo), _num(hi)]
-    return {"node": node, "step": step, "steps": guard.steps, "update": [_num(v) for v in values],
+        band = [finite_or_none(lo), finite_or_none(hi)]
+    return {"node": node, "step": step, "steps": guard.steps, "update": [finite_or_none(v) for v in values],
             "band": band, "flags": [int(v) for v in guard.flags[step]],
             "active": [bool(v) for v in guard.active[step]]}
-
-
-def _num(v) -> float | None:
-    v = float(v)
-    return v if math.isfinite(v) else None

@@ -3,6 +3,8 @@ the model patch with other sampler nodes, the SAMPLER wrapper, and no state blee
 
 from __future__ import annotations
 
+import importlib
+
 import pytest
 import torch
 from graphs import MEMORIZED, NOVEL, demo_graph, guard_inputs
@@ -238,3 +240,28 @@ def test_requeue_with_a_cached_patched_model_is_identical(comfy_session):
     g["5"]["inputs"]["seed"] = 3
     again = comfy_session.run_prompt(g, reuse_cache=True)
     assert torch.equal(first, latent(again, "5"))
+
+
+def test_guarding_a_guarded_model_replaces_the_earlier_guard(comfy_session):
+    alone = graph_start(batch=2)
+    alone["5"] = ksampler(["1", 0], cls="MemGuardKSampler", calibration=["1", 2], **guard_inputs("mitigate"))
+    alone.update(shown("5"))
+    stacked = graph_start(batch=2)
+    stacked["10"] = {"class_type": "MemGuardModelPatch", "inputs": {"model": ["1", 0], "calibration": ["1", 2],
+                                                                    **guard_inputs("detect")}}
+    stacked["5"] = ksampler(["10", 0], cls="MemGuardKSampler", calibration=["1", 2], **guard_inputs("mitigate"))
+    stacked.update(shown("5"))
+    a, s = comfy_session.run_prompt(alone), comfy_session.run_prompt(stacked)
+    report = s.node_output("5")[1].report
+    assert report.steps_observed == 50 and all(it.flagged and it.steered_steps for it in report.items)
+    assert torch.equal(latent(a, "5"), latent(s, "5"))
+
+
+def test_a_redone_step_gets_the_same_noise(comfy_session):
+    import comfy.k_diffusion.sampling as kds
+
+    replayed = importlib.import_module(f"{comfy_session.pack_module.__name__}.nodes.guarded_sampler")._ReplayedOnRedo
+    noise = replayed(kds.default_noise_sampler(torch.zeros(2, 4, 8, 8), seed=5))
+    first = noise(torch.tensor(2.0), torch.tensor(1.0))
+    assert torch.equal(noise(torch.tensor(2.0), torch.tensor(1.0)), first)      # the redo of that step
+    assert not torch.equal(noise(torch.tensor(1.0), torch.tensor(0.5)), first)  # the next step draws anew
