@@ -84,7 +84,14 @@ class HookedRun:
         cond = uncond = None
         if self.last_eval is not None and _same(self.last_eval[0], self.sigmas[i]):
             _, cond, uncond = self.last_eval
-        self.guard.observe(i - 1, self.prev_x, x, denoised, cond, uncond)  # acts from the next evaluation
+        act = self.guard.observe(i - 1, self.prev_x, x, denoised, cond, uncond)  # steers from the next evaluation
+        if bool(act.correct.any()):
+            # the step is over before the callback sees it: a latent correction cannot be applied
+            # here, so the report must not claim it (guidance strategies still act from the next call)
+            self.guard.corrected[i - 1] &= ~act.correct
+            note = f"'{self.sampler}' is observed once per step, after it: latent corrections are not applied"
+            if note not in self.guard.notes:
+                self.guard.notes.append(note)
         self.prev_x = x.detach().clone()
         self.next_step = max(self.next_step, i + 1)
 
