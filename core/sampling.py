@@ -172,6 +172,8 @@ def calibrate(runs: Iterable[tuple[PairDenoiser, torch.Tensor]], sigmas: torch.T
               cfg: float, sampler: str | None = None, meta: dict | None = None,
               progress: Callable[[int], None] | None = None) -> StabilityRegion:
     """A stability region from trajectories on ordinary prompts, accumulated run by run."""
+    if cfg <= 1.0:
+        raise ValueError(f"Calibration needs classifier-free guidance (cfg > 1, got {cfg}): the signal comes from it.")
     if not settings.sigmas:
         settings = replace(settings, sigmas=tuple(float(s) for s in sigmas))
     builder = RegionBuilder(settings)

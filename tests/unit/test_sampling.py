@@ -135,3 +135,9 @@ def test_start_latent_matches_comfyui_noise_scaling():
     assert torch.allclose(start_latent(unit, full, schedule.sigma_max) / (1 + full[0] ** 2).sqrt(), unit)
     partial = schedule.sigmas_for(20, "normal", denoise=0.5)
     assert torch.equal(start_latent(unit, partial, schedule.sigma_max), unit * float(partial[0]))
+
+
+def test_calibration_without_guidance_is_refused():
+    runs = [(cfg_pair(denoise, mus(2, 0.3, 1), torch.zeros(2, *SHAPE)), noise(2, 1))]
+    with pytest.raises(ValueError, match="cfg > 1"):
+        calibrate(runs, SIGMAS, settings(cfg=1.0), 1.0)
