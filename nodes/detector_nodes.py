@@ -57,7 +57,7 @@ class MemorizationDetector(io.ComfyNode):
             height, width = int(image.shape[1]), int(image.shape[2])
         else:
             spatial = report.latent_shape[-2:]
-            height, width = 8 * int(spatial[0]), 8 * int(spatial[1])
+            height, width = report.pixels_per_latent * int(spatial[0]), report.pixels_per_latent * int(spatial[1])
         heat = (heatmap.to_image_map(report.heat, height, width) if report.heat is not None
                 else torch.zeros(len(items), height, width))
         base = image.float().cpu() if image is not None else torch.full((len(items), height, width, 3), 0.5)

@@ -17,6 +17,7 @@ class TestbedLatentFormat(comfy.latent_formats.LatentFormat):
     __test__ = False
     latent_channels = 12
     scale_factor = 1.0
+    spacial_downscale_ratio = 2     # 2x2 pixels per latent cell (ComfyUI's own attribute name)
 
     def __init__(self):
         # previews: average the four sub-pixels of each colour

@@ -47,13 +47,18 @@ class Testbed:
         return self.unet.conv_in.weight.device
 
     @property
+    def text_device(self) -> torch.device:
+        return next(self.text.parameters()).device
+
+    @property
     def latent_shape(self) -> tuple[int, int, int]:
         return (self.config.latent_channels, 16, 16)
 
     @torch.no_grad()
     def encode(self, captions: list[str]) -> torch.Tensor:
         """Captions -> context [B, L, D] (what a CONDITIONING carries for this model)."""
-        ids = tokenize(captions, self.vocab, self.config.max_tokens).to(self.device)
+        # the text encoder's own device: ComfyUI may have moved the UNet to the GPU without it
+        ids = tokenize(captions, self.vocab, self.config.max_tokens).to(self.text_device)
         return self.text(ids)
 
     def unknown_words(self, caption: str) -> list[str]:
