@@ -19,7 +19,8 @@ _G = GuardConfig()
 def calibration_input() -> io.Input:
     return CALIBRATION.Input(
         "calibration", optional=True,
-        tooltip="The stability region for these settings (Load Calibration, Calibrate, or Auto Calibration). "
+        tooltip="The stability region for these settings (Load Calibration, Calibrate, or Auto Calibration; "
+                "Auto Calibration samples only in the Guarded KSampler, elsewhere it uses what it has cached). "
                 "Without one, a matching file in models/memguard_calibration is used if there is one.")
 
 

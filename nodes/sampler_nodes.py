@@ -8,6 +8,7 @@ from comfy_api.latest import io, ui
 import nodes as comfy_nodes  # ComfyUI's nodes.py (this pack's folder is reached by relative imports only)
 
 from ..core.calibration import RegionSet
+from ..core.guard import GuardConfig
 from ._inputs import REPORT, calibration_input, guard_config, guard_inputs
 from .calibrating import CalibrationPlan
 from .guard_hooks import RECENT_RUNS, GuardSpec, patch_model
@@ -16,11 +17,16 @@ from .guarded_sampler import guarded_sampler
 CATEGORY = "Memorization Guard"
 
 
+def _checked(calibration):
+    if calibration is not None and not isinstance(calibration, (RegionSet, CalibrationPlan)):
+        raise TypeError(f"calibration input got a {type(calibration).__name__}, expected a Memorization Guard "
+                        "calibration (Load Calibration, Calibrate or Auto Calibration)")
+    return calibration
+
+
 def _resolve(calibration, model, steps, cfg, sampler_name, scheduler, latent_image, denoise):
-    if isinstance(calibration, CalibrationPlan):
+    if isinstance(_checked(calibration), CalibrationPlan):
         return calibration.resolve(model, steps, cfg, sampler_name, scheduler, latent_image, denoise)
-    if calibration is not None and not isinstance(calibration, RegionSet):
-        raise TypeError(f"calibration input got a {type(calibration).__name__}, expected a Memorization Guard calibration")
     return calibration
 
 
@@ -53,7 +59,7 @@ class GuardedKSampler(io.ComfyNode):
 
     @classmethod
     def execute(cls, model, seed, steps, cfg, sampler_name, scheduler, positive, negative, latent_image,
-                denoise=1.0, calibration=None, mode="detect", **thresholds) -> io.NodeOutput:
+                denoise=1.0, calibration=None, mode=GuardConfig.mode, **thresholds) -> io.NodeOutput:
         config = guard_config(mode, **thresholds)
         calibration = _resolve(calibration, model, steps, cfg, sampler_name, scheduler, latent_image, denoise)
         spec = GuardSpec(config, calibration=calibration, scheduler=scheduler, denoise=denoise)
@@ -80,10 +86,9 @@ class GuardModelPatch(io.ComfyNode):
         )
 
     @classmethod
-    def execute(cls, model, calibration=None, mode="detect", **thresholds) -> io.NodeOutput:
-        if calibration is not None and not isinstance(calibration, (RegionSet, CalibrationPlan)):
-            raise TypeError(f"calibration input got a {type(calibration).__name__}")
-        return io.NodeOutput(patch_model(model, GuardSpec(guard_config(mode, **thresholds), calibration=calibration)))
+    def execute(cls, model, calibration=None, mode=GuardConfig.mode, **thresholds) -> io.NodeOutput:
+        spec = GuardSpec(guard_config(mode, **thresholds), calibration=_checked(calibration))
+        return io.NodeOutput(patch_model(model, spec))
 
 
 class MemorizationReport(io.ComfyNode):
@@ -124,10 +129,9 @@ class GuardedSampler(io.ComfyNode):
         )
 
     @classmethod
-    def execute(cls, sampler, calibration=None, mode="detect", **thresholds) -> io.NodeOutput:
-        if calibration is not None and not isinstance(calibration, (RegionSet, CalibrationPlan)):
-            raise TypeError(f"calibration input got a {type(calibration).__name__}")
-        return io.NodeOutput(guarded_sampler(sampler, GuardSpec(guard_config(mode, **thresholds), calibration=calibration)))
+    def execute(cls, sampler, calibration=None, mode=GuardConfig.mode, **thresholds) -> io.NodeOutput:
+        spec = GuardSpec(guard_config(mode, **thresholds), calibration=_checked(calibration))
+        return io.NodeOutput(guarded_sampler(sampler, spec))
 
 
 NODES = [GuardedKSampler, GuardModelPatch, MemorizationReport, GuardedSampler]
