@@ -10,7 +10,7 @@ import torch
 
 _SAMPLE_TENSORS = 16     # evenly spread over the state dict, by name
 _SAMPLE_VALUES = 256     # leading values of each
-_cache: "weakref.WeakKeyDictionary[object, tuple[object, str]]" = weakref.WeakKeyDictionary()
+_cache: "weakref.WeakKeyDictionary[object, tuple[object, str, int]]" = weakref.WeakKeyDictionary()
 
 
 def _tensor_bytes(t: torch.Tensor) -> bytes:
@@ -33,11 +33,16 @@ def model_identity(patcher) -> str:
     diffusion = getattr(base, "diffusion_model", None)
     if diffusion is not None:
         sd = diffusion.state_dict()
+        # ComfyUI patches LoRAs into the weights in place when it loads a model and keeps the
+        # originals in the patcher's backup (shared by clones): hash the originals, so the
+        # identity does not depend on which clone was loaded last
+        backup = getattr(patcher, "backup", {}) or {}
         names = sorted(sd)
         step = max(1, len(names) // _SAMPLE_TENSORS)
         for name in names[::step][:_SAMPLE_TENSORS]:
+            saved = backup.get(f"diffusion_model.{name}")
             h.update(name.encode())
-            h.update(_tensor_bytes(sd[name]))
+            h.update(_tensor_bytes(saved.weight if saved is not None else sd[name]))
     for key in sorted(getattr(patcher, "patches", {})):
         h.update(key.encode())
         for patch in patcher.patches[key]:

@@ -24,6 +24,26 @@ def test_weight_patches_change_the_model_identity(comfy_session):
     assert model_id.model_identity(stronger) not in (base_id, model_id.model_identity(lora))
 
 
+def test_identity_does_not_change_when_comfyui_patches_the_weights_in_place(comfy_session):
+    import comfy.model_management
+
+    pack = comfy_session.pack_module.__name__
+    model_id = importlib.import_module(f"{pack}.nodes._model_id")
+    testbed_nodes = importlib.import_module(f"{pack}.nodes.testbed_nodes")
+    _, model = testbed_nodes._load()
+    lora = model.clone()
+    key = "diffusion_model." + sorted(model.model.diffusion_model.state_dict())[0]   # a weight the identity samples
+    lora.add_patches({key: (torch.full_like(lora.model_state_dict()[key], 0.01),)}, 0.5)
+    before = model_id.model_identity(lora)
+    try:
+        comfy.model_management.load_models_gpu([lora])       # LoRA weights are written into the model
+        model_id._cache.clear()
+        assert model_id.model_identity(lora) == before
+    finally:
+        comfy.model_management.unload_all_models()           # restores the original weights
+        model_id._cache.clear()
+
+
 def test_calibration_folder_from_extra_model_paths_keeps_its_paths(comfy_session, tmp_path):
     import folder_paths
 
