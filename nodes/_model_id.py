@@ -1,5 +1,5 @@
-"""A cheap, stable identity for a ComfyUI model: calibrations are only valid for the model they
-were measured on, LoRAs and other weight patches included."""
+"""Cheap, stable identities for ComfyUI models and text encoders: calibrations are only valid for
+the model they were measured on, LoRAs and other weight patches included."""
 
 from __future__ import annotations
 
@@ -18,6 +18,35 @@ def _tensor_bytes(t: torch.Tensor) -> bytes:
     return str(tuple(t.shape)).encode() + flat.float().cpu().numpy().tobytes()
 
 
+def _hash_weights(h, module: torch.nn.Module, backup: dict, prefix: str) -> None:
+    """Sampled weights of `module`. ComfyUI patches LoRAs into the weights in place when it loads a
+    model and keeps the originals in the patcher's backup (shared by clones): hash the originals,
+    so an identity does not depend on which clone was loaded last."""
+    sd = module.state_dict()
+    names = sorted(sd)
+    step = max(1, len(names) // _SAMPLE_TENSORS)
+    for name in names[::step][:_SAMPLE_TENSORS]:
+        saved = backup.get(prefix + name)
+        h.update(name.encode())
+        h.update(_tensor_bytes(saved.weight if saved is not None else sd[name]))
+
+
+def _hash_patches(h, patches: dict) -> None:
+    for key in sorted(patches):
+        h.update(key.encode())
+        for patch in patches[key]:
+            h.update(repr(patch[0]).encode())            # strength
+            value = patch[1]
+            tensors = value if isinstance(value, (tuple, list)) else (value,)
+            for t in tensors:
+                if isinstance(t, torch.Tensor):
+                    h.update(_tensor_bytes(t))
+                elif hasattr(t, "weights"):              # newer ComfyUI wraps LoRA weights in adapters
+                    for w in t.weights:
+                        if isinstance(w, torch.Tensor):
+                            h.update(_tensor_bytes(w))
+
+
 def model_identity(patcher) -> str:
     """"<ModelClass>-<12 hex digits>" from the architecture, sampled weights and weight patches."""
     base = patcher.model
@@ -32,30 +61,23 @@ def model_identity(patcher) -> str:
     h.update(f"{config}/{type(base).__name__}/{getattr(base, 'model_type', '')}".encode())
     diffusion = getattr(base, "diffusion_model", None)
     if diffusion is not None:
-        sd = diffusion.state_dict()
-        # ComfyUI patches LoRAs into the weights in place when it loads a model and keeps the
-        # originals in the patcher's backup (shared by clones): hash the originals, so the
-        # identity does not depend on which clone was loaded last
-        backup = getattr(patcher, "backup", {}) or {}
-        names = sorted(sd)
-        step = max(1, len(names) // _SAMPLE_TENSORS)
-        for name in names[::step][:_SAMPLE_TENSORS]:
-            saved = backup.get(f"diffusion_model.{name}")
-            h.update(name.encode())
-            h.update(_tensor_bytes(saved.weight if saved is not None else sd[name]))
-    for key in sorted(getattr(patcher, "patches", {})):
-        h.update(key.encode())
-        for patch in patcher.patches[key]:
-            h.update(repr(patch[0]).encode())            # strength
-            value = patch[1]
-            tensors = value if isinstance(value, (tuple, list)) else (value,)
-            for t in tensors:
-                if isinstance(t, torch.Tensor):
-                    h.update(_tensor_bytes(t))
-                elif hasattr(t, "weights"):              # newer ComfyUI wraps LoRA weights in adapters
-                    for w in t.weights:
-                        if isinstance(w, torch.Tensor):
-                            h.update(_tensor_bytes(w))
+        _hash_weights(h, diffusion, getattr(patcher, "backup", {}) or {}, "diffusion_model.")
+    _hash_patches(h, getattr(patcher, "patches", {}))
     identity = f"{config}-{h.hexdigest()[:12]}"
     _cache[base] = (stamp, identity, len(getattr(patcher, "patches", {})))
     return identity
+
+
+def encoder_identity(clip) -> str:
+    """The text encoder's identity: its weights, LoRA patches and the layer it outputs (CLIP Set
+    Last Layer); the testbed's encoder is part of the testbed's identity."""
+    if getattr(clip, "identity", None):
+        return clip.identity
+    patcher = getattr(clip, "patcher", None)
+    encoder = getattr(clip, "cond_stage_model", None)
+    h = hashlib.sha256(type(encoder).__name__.encode())
+    if encoder is not None:
+        _hash_weights(h, encoder, getattr(patcher, "backup", {}) or {}, "")
+    _hash_patches(h, getattr(patcher, "patches", {}) if patcher is not None else {})
+    h.update(repr(getattr(clip, "layer_idx", None)).encode())
+    return h.hexdigest()[:12]

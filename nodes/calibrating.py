@@ -22,7 +22,7 @@ from ..core.region_file import RegionFileError, load_region, read_settings, save
 from ..core.settings import RunSettings
 from ..core.testbed import Testbed
 from . import _paths
-from ._model_id import model_identity
+from ._model_id import encoder_identity, model_identity
 from .guard_hooks import GuardSpec, patch_model, sampler_name
 
 POOL_FILE = Path(__file__).resolve().parents[1] / "data" / "calibration_prompts.txt"
@@ -115,7 +115,9 @@ class CalibrationPlan:
     negative_prompt: str
 
     def digest(self) -> str:
-        blob = json.dumps([self.prompts, self.seeds_per_prompt, self.seed, self.negative_prompt])
+        """The recipe's part of the cache key (the settings key covers the model)."""
+        blob = json.dumps([self.prompts, self.seeds_per_prompt, self.seed, self.negative_prompt,
+                           encoder_identity(self.clip)])
         return hashlib.sha256(blob.encode()).hexdigest()[:8]
 
     def cache_path(self, settings: RunSettings) -> str:
