@@ -31,7 +31,8 @@ SINGLE_EVAL_SAMPLERS = frozenset({
     "euler", "euler_ancestral", "dpmpp_2m", "dpmpp_2m_sde", "dpmpp_2m_sde_gpu", "dpmpp_3m_sde",
     "dpmpp_3m_sde_gpu", "lms", "ipndm", "ipndm_v", "deis", "ddpm", "lcm", "unipc", "unipc_bh2",
     "res_multistep", "res_multistep_ancestral", "gradient_estimation", "euler_cfg_pp",
-    "euler_ancestral_cfg_pp", "dpmpp_2m_cfg_pp", "res_multistep_cfg_pp",
+    "euler_ancestral_cfg_pp", "dpmpp_2m_cfg_pp", "res_multistep_cfg_pp", "dpmpp_2m_sde_heun", "dpmpp_2m_sde_heun_gpu",
+    "er_sde", "gradient_estimation_cfg_pp", "res_multistep_ancestral_cfg_pp",
 })
 # ... and of those, the ones for which a folded correction is exact
 FIRST_ORDER_DETERMINISTIC = frozenset({"euler"})
