@@ -37,8 +37,9 @@ def guard_inputs() -> list[io.Input]:
                                "fewer copies). delayed_guidance: guidance off until the trajectory leaves the "
                                "memorized basin (Jain et al.). stability: the paper's rescale-and-clamp correction."),
         io.Boolean.Input("exact", default=_G.exact, **advanced(),
-                         tooltip="Re-evaluate the model where a correction moved the latent (one extra model call, "
-                                 "on active steps of flagged items only)."),
+                         tooltip="Redo the flagged step with the new guidance (or re-evaluate the model where a "
+                                 "correction moved the latent): one extra model call at that step, only when an "
+                                 "image is flagged."),
         io.Float.Input("tau_mild", default=_D.tau_mild, min=0.5, max=100.0, step=0.1, **advanced(),
                        tooltip="z-score above which a step leaves the band (update and clean-prediction norms)."),
         io.Float.Input("tau_strong", default=_D.tau_strong, min=0.5, max=1000.0, step=0.5, **advanced(),
