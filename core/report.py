@@ -43,21 +43,6 @@ class RunReport:
     def to_json(self, indent: int | None = None) -> str:
         return json.dumps(self.to_dict(), indent=indent, allow_nan=False)
 
-    @staticmethod
-    def merge(reports: list["RunReport"]) -> "RunReport":
-        """Concatenate the items of reports from one batch split into runs (indices renumbered)."""
-        if not reports:
-            raise ValueError("nothing to merge")
-        first = reports[0]
-        items, notes, calls = [], [], 0
-        for r in reports:
-            for it in r.items:
-                items.append(ItemReport(**{**asdict(it), "index": len(items)}))
-            notes += r.notes
-            calls += r.extra_model_calls
-        return RunReport(first.settings, first.config, first.sigmas, first.steps_observed, first.region,
-                         items, calls, notes)
-
     def summary(self) -> str:
         flagged = [it.index for it in self.items if it.flagged]
         return (f"{len(self.items)} item(s), {len(flagged)} flagged"

@@ -15,13 +15,6 @@ def advanced() -> dict:
     return {"advanced": True} if _HAS_ADVANCED else {}
 
 
-try:  # an Exception in 0.3.75, a BaseException later: catch it explicitly, never swallow it
-    from comfy.model_management import InterruptProcessingException
-except ImportError:  # pragma: no cover - very old ComfyUI
-    class InterruptProcessingException(Exception):
-        pass
-
-
 def executing_node_id() -> str | None:
     """The id of the node being executed (the sampler node, inside model hooks)."""
     try:
