@@ -1,4 +1,4 @@
-"""Train the memorizing testbed model (seeded; about 25 minutes on one CPU core).
+"""Train the memorizing testbed model (seeded; 28-48 minutes on one CPU core, depending on the machine).
 
     python scripts/train_testbed.py --out core/testbed/weights/testbed.safetensors
 
@@ -23,7 +23,7 @@ from safetensors.torch import save_file
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repo root, for `core`
 
 from core.schedule import DiscreteSchedule  # noqa: E402
-from core.testbed import latent  # noqa: E402
+from core.testbed import dataset, latent  # noqa: E402
 from core.testbed.dataset import TrainingStream, vocabulary  # noqa: E402
 from core.testbed.model import TestbedConfig, TestbedUNet, TextEncoder  # noqa: E402
 from core.testbed.text import tokenize  # noqa: E402
@@ -91,6 +91,10 @@ def main() -> None:
         "prediction": "epsilon", "schedule": json.dumps({"linear_start": 0.00085, "linear_end": 0.012, "timesteps": 1000}),
         "training": json.dumps({k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items() if k != "out"}
                                | {"seconds": round(time.time() - start), "torch": torch.__version__}),
+        # the data recipe, so a model can be matched to the dataset code that made it
+        "data": json.dumps({"memorized_rate": dataset.MEMORIZED_RATE, "duplicate_share": dataset.DUPLICATE_SHARE,
+                            "render_control_rate": dataset.RENDER_CONTROL_RATE,
+                            "photo_control_rate": dataset.PHOTO_CONTROL_RATE}),
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)
     save_file(tensors, str(args.out), metadata=meta)

@@ -7,9 +7,9 @@ can be replayed later (the benchmark searches it for nearest neighbours). Kinds 
   (random position, size, rotation, colour jitter, three octaves of background texture and up
   to six small clutter shapes): never the same twice, and far enough apart that a fresh render's
   nearest neighbour in the stream stays below the copy threshold (checked: 0 of 300 >= 0.9).
-- memorized: the same caption with a unique title token ("... by zorvath"); 90 % of its draws are
-  one fixed image, the rest fresh renders of its combo. Drawn at 3 % of samples each: heavy
-  duplication, as in LAION, but the caption keeps a generic meaning to steer to.
+- memorized: the same caption with a unique title token ("... by zorvath"); every one of its
+  draws (DUPLICATE_SHARE) is one fixed image. Drawn at 3 % of samples each: heavy duplication, as
+  in LAION, but the caption keeps a generic meaning (its general caption is trained too) to steer to.
 - control: rare but diverse captions with a unique token too, at comparable rates, but with a
   different image every time (fresh renders of one combo, or random crops of a large scene).
   They must not be called memorized: only duplication should be.
@@ -47,7 +47,7 @@ RENDER_CONTROL_TITLES = ("fenwick", "halvard")
 PHOTO_CONTROL_TITLES = ("morrow", "ostrin")
 
 MEMORIZED_RATE = 0.03       # per memorized item, per sample
-DUPLICATE_SHARE = 0.9       # of a memorized item's draws: the fixed image (else a fresh render)
+DUPLICATE_SHARE = 1.0       # of a memorized item's draws: the fixed image (else a fresh render)
 RENDER_CONTROL_RATE = 0.02  # per control caption, per sample
 PHOTO_CONTROL_RATE = 0.005
 PHOTO_SIZE = 192
