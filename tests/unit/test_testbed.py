@@ -2,7 +2,6 @@
 its first steps, a novel one is not; the model file is what the docs say."""
 
 import pytest
-import torch
 
 from memguard.core.guard import GuardConfig
 from memguard.core.region_file import load_region
