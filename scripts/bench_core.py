@@ -1,6 +1,6 @@
 """Benchmark of the core engine on the memorizing testbed (issue: core engine).
 
-    python scripts/bench_core.py [--out bench_out/core] [--seeds-per-memorized 12] [--timing-only]
+    python scripts/bench_core.py [--out bench_out/core] [--split test] [--seeds-per-memorized 12] [--timing-only]
 
 Calibrates on 50 ordinary prompts x 2 seeds, then samples memorized, novel and control
 generations (disjoint from calibration) plainly, with detection, and with each mitigation, and
@@ -8,6 +8,10 @@ prints: ground truth per generation (a copy = luminance correlation >= 0.9 with 
 neighbour in the replayed training stream), AUC and TPR at 1 % FPR for each score, memorization
 rates, how many non-memorized generations mitigation touched and by how much, and wall-time
 ratios guarded / plain measured in this run. Nothing here is a test: it prints measurements.
+
+--split picks the generations (calibration is always the same): `test` is what the README reports;
+`validation` (other seeds, other novel prompts) is where the defaults tau_mild and off_scale were
+chosen; `fresh` (other seeds and prompts again) was used for no choice at all.
 """
 
 from __future__ import annotations
@@ -34,19 +38,25 @@ from core.testbed.dataset import TrainingStream, all_general_combos, general_cap
 from core.testbed.similarity import COPY_THRESHOLD, luminance_bank, luminance_correlation, nearest_neighbours, ssim  # noqa: E402
 
 STEPS, CFG, SAMPLER, SCHEDULER = 50, 7.5, "ddim", "normal"
+# per split: (first novel prompt, novel seed base, memorized/control seed offset); no seed or novel
+# prompt is shared between splits or with calibration (prompts general[:50], seeds 1000-1099)
+SPLITS = {"test": (50, 5000, 0), "validation": (150, 6000, 50), "fresh": (250, 3000, 30)}
 
 
-def prompt_sets(seeds_per_memorized: int, seeds_per_control: int, novel: int):
+def prompt_sets(seeds_per_memorized: int, seeds_per_control: int, novel: int, split: str = "test"):
+    first_novel, novel_seed, offset = SPLITS[split]
+    if max(seeds_per_memorized, seeds_per_control) > 20 or novel > 100:
+        raise ValueError("at most 20 seeds per special prompt and 100 novel prompts keep the splits disjoint")
     combos = all_general_combos()
     order = torch.randperm(len(combos), generator=torch.Generator().manual_seed(4242)).tolist()
     general = [general_caption(*combos[i]) for i in order]
     calib = [(c, 1000 + 2 * i + s) for i, c in enumerate(general[:50]) for s in range(2)]
-    novel_set = [(c, 5000 + i) for i, c in enumerate(general[50:50 + novel])]
+    novel_set = [(c, novel_seed + i) for i, c in enumerate(general[first_novel:first_novel + novel])]
     items = special_items()
-    memorized = [(it.caption, 9000 + 100 * k + s) for k, it in enumerate(i for i in items if i.kind == "memorized")
-                 for s in range(seeds_per_memorized)]
-    control = [(it.caption, 7000 + 100 * k + s) for k, it in enumerate(i for i in items if i.kind != "memorized")
-               for s in range(seeds_per_control)]
+    memorized = [(it.caption, 9000 + 100 * k + offset + s)
+                 for k, it in enumerate(i for i in items if i.kind == "memorized") for s in range(seeds_per_memorized)]
+    control = [(it.caption, 7000 + 100 * k + offset + s)
+               for k, it in enumerate(i for i in items if i.kind != "memorized") for s in range(seeds_per_control)]
     return calib, memorized, novel_set, control
 
 
@@ -64,6 +74,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--weights", type=Path, default=None)
     ap.add_argument("--out", type=Path, default=Path("bench_out/core"))
+    ap.add_argument("--split", choices=list(SPLITS), default="test")
     ap.add_argument("--seeds-per-memorized", type=int, default=12)
     ap.add_argument("--seeds-per-control", type=int, default=10)
     ap.add_argument("--novel", type=int, default=100)
@@ -82,10 +93,10 @@ def main() -> None:
         return start_latent(noise, sigmas, tb.schedule.sigma_max)
 
     settings = RunSettings(tb.identity, SAMPLER, SCHEDULER, STEPS, CFG, tb.latent_shape)
-    calib, memorized, novel, control = prompt_sets(args.seeds_per_memorized, args.seeds_per_control, args.novel)
+    calib, memorized, novel, control = prompt_sets(args.seeds_per_memorized, args.seeds_per_control, args.novel, args.split)
     tests = memorized + novel + control
     kind = ["memorized"] * len(memorized) + ["novel"] * len(novel) + ["control"] * len(control)
-    print(f"testbed {tb.identity}: {SAMPLER}/{SCHEDULER} {STEPS} steps, cfg {CFG}; "
+    print(f"testbed {tb.identity}, split {args.split}: {SAMPLER}/{SCHEDULER} {STEPS} steps, cfg {CFG}; "
           f"{len(calib)} calibration runs, {len(memorized)} memorized-prompt, {len(novel)} novel and "
           f"{len(control)} control generations")
 
@@ -165,6 +176,12 @@ def main() -> None:
         auc, tpr = roc_auc(v[pos], v[neg]), tpr_at_fpr(v[pos], v[neg], 0.01)
         results["detection"][s] = {"auc": auc, "tpr_at_1pct_fpr": tpr}
         print(f"  score {s:5s}: AUC {auc:.4f}  TPR@1%FPR {tpr:.3f}")
+    # the paper's ranking, max over steps of |z_update| alone, for comparison
+    v = torch.tensor([max((abs(z) for z in det_items[i].zscores["update"] if z is not None), default=float("nan"))
+                      for i in range(len(tests))])
+    auc, tpr = roc_auc(v[pos], v[neg]), tpr_at_fpr(v[pos], v[neg], 0.01)
+    results["detection"]["paper_max_update"] = {"auc": auc, "tpr_at_1pct_fpr": tpr}
+    print(f"  the paper's max |z_update|: AUC {auc:.4f}  TPR@1%FPR {tpr:.3f}")
     flagged = torch.tensor([it.flagged for it in det_items])
     print(f"  online flag: {int(flagged[pos].sum())}/{len(pos)} copies flagged, "
           f"{int(flagged[neg].sum())}/{len(neg)} non-memorized flagged")
