@@ -1,8 +1,11 @@
 """Detection: per-step flags and per-item scores from z-scores against a stability region.
 
 A step is out of the band when |s_update| > tau_mild and |s_clean| > tau_mild; the first such
-step flags the item, strongly if |s_clean| > tau_strong there. Scores rank items for ROC curves:
-the largest |s_update| over all steps, over the first steps only, or its mean.
+step flags the item, strongly if |s_clean| > tau_strong there. Scores rank items for ROC curves by
+the same per-step measure the flag uses, min(|s_update|, |s_clean|): its largest value over all
+steps, over the first steps only, or its mean. (The paper ranks by |s_update| alone; on the testbed
+a novel generation whose step-0 update spiked while its clean prediction stayed in the band then
+outranked copies.)
 """
 
 from __future__ import annotations
@@ -21,7 +24,8 @@ SEVERITY_NAMES = {NONE: "none", MILD: "mild", STRONG: "strong"}
 @dataclass(frozen=True)
 class DetectionConfig:
     gamma: float = 3.0              # band half-width in spreads (mitigation clamps to it)
-    tau_mild: float = 3.0           # z above which a step is out of the band
+    tau_mild: float = 4.5           # z above which a step is out of the band (the paper: 3; 4.5 chosen
+                                    # on the testbed's validation split, docs/testbed.md)
     tau_strong: float = 14.0        # clean-prediction z that makes a flag strong
     active_fraction: float = 0.2    # mild flags act only in the first 20 % of steps (10 of 50)
     first_fraction: float = 0.1     # the "first" score looks at the first 10 % of steps
@@ -48,12 +52,17 @@ class DetectionConfig:
 
 
 def out_of_band(z_update: torch.Tensor, z_clean: torch.Tensor, tau: float) -> torch.Tensor:
-    return (z_update.abs() > tau) & (z_clean.abs() > tau)
+    return step_excess(z_update, z_clean) > tau
 
 
-def scores(z_update: torch.Tensor, cfg: DetectionConfig, steps: int) -> dict[str, torch.Tensor]:
-    """Per-item scores from the |z| history [n_observed, B]; NaN where nothing was observed."""
-    a = z_update.abs().float()
+def step_excess(z_update: torch.Tensor, z_clean: torch.Tensor) -> torch.Tensor:
+    """How far a step is out of the band on both norms: a step is out when this exceeds tau."""
+    return torch.minimum(z_update.abs(), z_clean.abs())
+
+
+def scores(z_update: torch.Tensor, z_clean: torch.Tensor, cfg: DetectionConfig, steps: int) -> dict[str, torch.Tensor]:
+    """Per-item scores from the z histories [n_observed, B]; NaN where nothing was observed."""
+    a = step_excess(z_update, z_clean).float()
     if a.shape[0] == 0:
         nan = torch.full((a.shape[1],), float("nan"))
         return {name: nan.clone() for name in SCORES}

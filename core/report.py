@@ -15,7 +15,7 @@ class ItemReport:
     flagged: bool
     severity: str                     # "none" | "mild" | "strong" (at the first flagged step)
     first_flagged_step: int | None
-    scores: dict[str, float | None]   # "max", "first", "mean" of |z_update|
+    scores: dict[str, float | None]   # "max", "first", "mean" of min(|z_update|, |z_clean|)
     norms: dict[str, list]            # quantity -> per-step value (None where not finite)
     zscores: dict[str, list]          # quantity -> per-step signed z (None without a region)
     step_flags: list[int]             # per step: 0 in band, 1 mild, 2 strong

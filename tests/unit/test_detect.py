@@ -15,10 +15,20 @@ def test_scores_windows():
     z = torch.zeros(10, 2)
     z[1, 0] = -8.0     # early overshoot (sign does not matter)
     z[9, 1] = 6.0      # late excursion only
-    s = scores(z, cfg, steps=10)
+    s = scores(z, torch.full_like(z, 99.0), cfg, steps=10)   # clean z large: update decides
     assert s["max"].tolist() == [8.0, 6.0]
     assert s["first"].tolist() == [8.0, 0.0]
     assert s["mean"].tolist() == pytest.approx([0.8, 0.6])
+
+
+def test_scores_need_both_norms_out_of_band():
+    # item 0: the update spikes while the clean prediction stays in the band (not memorization);
+    # item 1: both leave the band, by 9 and 7: the score is the smaller excess
+    zu = torch.tensor([[12.0, 9.0], [0.0, 8.0]])
+    zc = torch.tensor([[0.5, -7.0], [0.0, 8.5]])
+    s = scores(zu, zc, DetectionConfig(), steps=2)
+    assert s["max"].tolist() == [0.5, 8.0]
+    assert s["first"].tolist() == [0.5, 7.0]
 
 
 def test_roc_auc_matches_pair_counting():
