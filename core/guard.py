@@ -22,7 +22,7 @@ from .settings import RunSettings
 
 MODES = ("detect", "mitigate")
 # how mitigate steers a flagged item (see core/mitigate.py):
-#   unconditional     guidance off for the rest of the run: no copy, but the prompt stops steering
+#   unconditional     guidance off (off_scale) for the rest of the run: no copy, but the prompt stops steering
 #   orthogonal        keep guiding, minus the direction guidance pointed in at the flagged step
 #   delayed_guidance  guidance off (off_scale) until ||eps_c - eps_u|| passes a local minimum
 #   stability         rescale the clean prediction and clamp the latent into the band (the paper)
@@ -36,7 +36,9 @@ class GuardConfig:
     mode: str = "mitigate"               # "detect" watches; "mitigate" also steers flagged items
     strategy: str = "unconditional"      # how to steer, see STRATEGIES
     exact: bool = True                   # re-evaluate the model where a correction moved the latent
-    off_scale: float = 0.0               # guidance scale while a flagged item's guidance is off
+    off_scale: float = -0.5              # guidance scale while a flagged item's guidance is off: 0 is the
+                                         # unconditional model, which can draw a memorized image itself;
+                                         # below 0 also pushes away from where the prompt pulls
     escalate: bool = True                # orthogonal: guidance off if the item leaves the band again
     detection: DetectionConfig = field(default_factory=DetectionConfig)
 
@@ -210,7 +212,7 @@ class StabilityGuard:
             self.g_star[rows] = self._dir_start[rows]
             self.projected |= new
         elif strategy == "unconditional":
-            self.override[new] = 0.0
+            self.override[new] = self.config.off_scale
         elif strategy == "delayed_guidance":
             gap_now = gap.cpu() if gap is not None else torch.full((self.batch,), float("nan"))
             off = ~torch.isnan(self.override)
@@ -242,7 +244,8 @@ class StabilityGuard:
 
     # -- results -------------------------------------------------------------------------------
     def scores(self) -> dict[str, torch.Tensor]:
-        return detect.scores(self.z[: self.observed, _Q["update"]], self.config.detection, self.steps)
+        n = self.observed
+        return detect.scores(self.z[:n, _Q["update"]], self.z[:n, _Q["clean"]], self.config.detection, self.steps)
 
     def flagged(self) -> torch.Tensor:
         """[B] bool: the item had an active step (what mitigation acts on)."""

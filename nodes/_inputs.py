@@ -48,12 +48,16 @@ def guard_inputs() -> list[io.Input]:
                        tooltip="Band half-width in calibrated spreads, used by the stability strategy's clamps."),
         io.Float.Input("active_fraction", default=_D.active_fraction, min=0.01, max=1.0, step=0.01, **advanced(),
                        tooltip="Mild flags act only in this first share of the steps (the signal lives early)."),
+        io.Float.Input("off_scale", default=_G.off_scale, min=-5.0, max=1.0, step=0.05, **advanced(),
+                       tooltip="Guidance scale a flagged image gets while its guidance is off (unconditional, "
+                               "delayed_guidance). 0 is the unconditional model, which can draw a memorized image "
+                               "itself; below 0 also pushes away from where the prompt pulls."),
     ]
 
 
 def guard_config(mode: str, strategy: str = _G.strategy, exact: bool = _G.exact, tau_mild: float = _D.tau_mild,
                  tau_strong: float = _D.tau_strong, gamma: float = _D.gamma,
-                 active_fraction: float = _D.active_fraction) -> GuardConfig:
+                 active_fraction: float = _D.active_fraction, off_scale: float = _G.off_scale) -> GuardConfig:
     detection = DetectionConfig(gamma=gamma, tau_mild=tau_mild, tau_strong=max(tau_strong, tau_mild),
                                 active_fraction=active_fraction)
-    return GuardConfig(mode=mode, strategy=strategy, exact=exact, detection=detection)
+    return GuardConfig(mode=mode, strategy=strategy, exact=exact, off_scale=off_scale, detection=detection)

@@ -53,8 +53,8 @@ def main() -> None:
         session.register_node(ConstantConditioning.NODE_ID, ConstantConditioning)
         cond = ConstantConditioning.NODE_ID
         pack = session.pack_module
-        guard_defaults = {"strategy": "unconditional", "exact": True, "tau_mild": 3.0, "tau_strong": 14.0, "gamma": 3.0,
-                          "active_fraction": 0.2}
+        guard_defaults = {"strategy": "unconditional", "exact": True, "tau_mild": 4.5, "tau_strong": 14.0, "gamma": 3.0,
+                          "active_fraction": 0.2, "off_scale": -0.5}
 
         # a region for exactly these settings, from 8 runs of the patch in record-only mode
         from importlib import import_module
