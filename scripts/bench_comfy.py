@@ -39,6 +39,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--steps", type=int, default=20)
     ap.add_argument("--repeats", type=int, default=5)
+    ap.add_argument("--threads", type=int, default=2, help="torch CPU threads (1 is steadier on a shared VM)")
     args = ap.parse_args()
 
     from harness import ComfySession, ConstantConditioning
@@ -48,7 +49,7 @@ def main() -> None:
     try:
         import torch
 
-        torch.set_num_threads(2)
+        torch.set_num_threads(args.threads)
         ckpt = build_tiny_sd(session.checkpoints_dir, "sd15").name
         session.register_node(ConstantConditioning.NODE_ID, ConstantConditioning)
         cond = ConstantConditioning.NODE_ID
@@ -100,7 +101,7 @@ def main() -> None:
                     flagged += sum(it.flagged for it in result.node_output("5")[1].report.items)
         stock = statistics.median(times["stock KSampler"])
         print(f"tiny SD1.x checkpoint, 64x64, batch 2, euler/normal {args.steps} steps, cfg 7.5, CPU, "
-              f"median of {args.repeats} alternating runs (prompt execution; the loader stays cached)")
+              f"threads {args.threads}, median of {args.repeats} alternating runs (prompt execution; the loader stays cached)")
         for name, ts in times.items():
             print(f"  {name:20s}: {statistics.median(ts):7.3f}s  ratio to stock {statistics.median(ts) / stock:.4f}")
         print(f"  items flagged in mitigate runs: {flagged} of {2 * args.repeats} (region calibrated on 8 runs here)")
