@@ -68,6 +68,18 @@ def test_mitigation_touches_only_flagged_items(region, strategy, exact):
     assert (r.report.extra_model_calls > 0) == exact
 
 
+@pytest.mark.parametrize("off_scale", [0.0, -0.5])
+def test_unconditional_runs_a_flagged_item_at_off_scale_from_the_flagged_step(region, off_scale):
+    # flagged at step 0 and that step redone (exact): the item is sampled at guidance off_scale throughout
+    cond, uncond = torch.cat([mus(1, 0.3, 60), mus(1, 4.0, 61)]), torch.zeros(2, *SHAPE)
+    x = noise(2, 8)
+    r = guarded_sample(cfg_pair(denoise, cond, uncond), x, SIGMAS, settings(), CFG, region=region,
+                       config=GuardConfig(mode="mitigate", strategy="unconditional", off_scale=off_scale))
+    assert r.report.items[1].first_flagged_step == 0 and not r.report.items[0].flagged
+    alone = plain_sample(cfg_pair(denoise, cond[1:], uncond[1:]), x[1:], SIGMAS, off_scale)
+    assert torch.allclose(r.latent[1:], alone, atol=1e-5)
+
+
 def test_non_finite_latents_are_reported_not_raised(region):
     pair = cfg_pair(denoise, mus(2, 0.3, 70), torch.zeros(2, *SHAPE))
     x = noise(2, 9)
