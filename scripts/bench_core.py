@@ -60,6 +60,13 @@ def prompt_sets(seeds_per_memorized: int, seeds_per_control: int, novel: int, sp
     return calib, memorized, novel_set, control
 
 
+def calibrate_region(tb, calib, start, sigmas, settings, chunk):
+    """The benchmark's stability region, from the calibration (caption, seed) pairs in batches."""
+    runs = ((tb.pair([c for c, _ in calib[i:i + chunk]]), start(tb.noise([s for _, s in calib[i:i + chunk]])))
+            for i in range(0, len(calib), chunk))
+    return calibrate(runs, sigmas, settings, CFG, meta={"prompts": sorted({c for c, _ in calib}), "seeds_per_prompt": 2})
+
+
 def run_chunks(tb, jobs, fn, chunk):
     """Apply fn(pair, x) -> latent (or result) to the jobs in chunks; returns the list of outputs."""
     out = []
@@ -102,9 +109,7 @@ def main() -> None:
 
     # -- calibration --------------------------------------------------------------------------
     t0 = time.perf_counter()
-    runs = ((tb.pair([c for c, _ in calib[i:i + args.chunk]]), start(tb.noise([s for _, s in calib[i:i + args.chunk]])))
-            for i in range(0, len(calib), args.chunk))
-    region = calibrate(runs, sigmas, settings, CFG, meta={"prompts": sorted({c for c, _ in calib}), "seeds_per_prompt": 2})
+    region = calibrate_region(tb, calib, start, sigmas, settings, args.chunk)
     save_region(region, args.out / "testbed_region.safetensors")
     print(f"calibrated in {time.perf_counter() - t0:.1f}s")
 

@@ -21,11 +21,11 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))            # bench_core
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))        # the repo root, for `core`
 
-from bench_core import CFG, SAMPLER, SCHEDULER, SPLITS, STEPS, prompt_sets, run_chunks  # noqa: E402
+from bench_core import CFG, SAMPLER, SCHEDULER, SPLITS, STEPS, calibrate_region, prompt_sets, run_chunks  # noqa: E402
 
 from core.detect import DetectionConfig, step_excess  # noqa: E402
 from core.guard import GuardConfig  # noqa: E402
-from core.sampling import calibrate, guarded_sample  # noqa: E402
+from core.sampling import guarded_sample  # noqa: E402
 from core.schedule import start_latent  # noqa: E402
 from core.settings import RunSettings  # noqa: E402
 from core.testbed import load_testbed  # noqa: E402
@@ -52,9 +52,7 @@ def main() -> None:
     def start(noise):
         return start_latent(noise, sigmas, tb.schedule.sigma_max)
 
-    runs = ((tb.pair([c for c, _ in calib[i:i + args.chunk]]), start(tb.noise([s for _, s in calib[i:i + args.chunk]])))
-            for i in range(0, len(calib), args.chunk))
-    region = calibrate(runs, sigmas, settings, CFG)
+    region = calibrate_region(tb, calib, start, sigmas, settings, args.chunk)
 
     def guarded(config):
         return lambda pair, x: guarded_sample(pair, start(x), sigmas, settings, CFG, region=region, config=config)
