@@ -223,8 +223,8 @@ def main() -> None:
 
 def timing(tb, tests, kind, plain, guarded, args) -> dict:
     """Wall time guarded / plain for the same seeds. Plain and guarded alternate chunk by chunk
-    (a chunk is one batch, tens of seconds), and each chunk keeps its best time over the repeats:
-    slow drifts of a shared machine hit both sides alike."""
+    (a chunk is one batch, tens of seconds), which side goes first swaps every repeat, and each
+    chunk keeps its best time over the repeats: slow drifts of a shared machine hit both sides alike."""
     default = GuardConfig(mode="mitigate")          # the pack's default strategy
     default_name = f"{default.strategy}/{'exact' if default.exact else 'cheap'}"
     nonmem = [t for t, k in zip(tests, kind) if k != "memorized"]
@@ -236,9 +236,10 @@ def timing(tb, tests, kind, plain, guarded, args) -> dict:
     for label, (jobs, fn) in pairs.items():
         chunks = [jobs[i:i + args.chunk] for i in range(0, len(jobs), args.chunk)]
         best_p, best_g = [float("inf")] * len(chunks), [float("inf")] * len(chunks)
-        for _ in range(args.timing_repeats):
+        for r in range(args.timing_repeats):
             for c, part in enumerate(chunks):
-                for best, f in ((best_p, plain), (best_g, fn)):
+                order = ((best_p, plain), (best_g, fn))
+                for best, f in order if r % 2 == 0 else order[::-1]:   # neither side always goes first
                     t = time.perf_counter()
                     run_chunks(tb, part, f, args.chunk)
                     best[c] = min(best[c], time.perf_counter() - t)
