@@ -50,16 +50,20 @@ def save_region(region: StabilityRegion, path: str | os.PathLike) -> Path:
     return path
 
 
-def load_region(path: str | os.PathLike) -> StabilityRegion:
-    path = Path(path)
+def _read(path: Path, tensors: bool) -> tuple[dict, dict]:
+    """(metadata, tensors) of a safetensors file, the tensors only if asked for."""
     if not path.is_file():
         raise RegionFileError(f"stability region file not found: {path}")
     try:
         with safe_open(str(path), framework="pt", device="cpu") as f:
-            metadata = f.metadata() or {}
-            tensors = {k: f.get_tensor(k) for k in f.keys()}
+            return f.metadata() or {}, ({k: f.get_tensor(k) for k in f.keys()} if tensors else {})
     except Exception as e:  # safetensors raises several types for truncated or corrupt headers
         raise RegionFileError(f"{path} is not a readable safetensors file (truncated or corrupt?): {e}") from e
+
+
+def load_region(path: str | os.PathLike) -> StabilityRegion:
+    path = Path(path)
+    metadata, tensors = _read(path, tensors=True)
 
     def fail(msg: str) -> RegionFileError:
         return RegionFileError(f"{path} is not a usable stability region: {msg}")
@@ -97,11 +101,7 @@ def load_region(path: str | os.PathLike) -> StabilityRegion:
 def read_settings(path: str | os.PathLike) -> RunSettings:
     """Only the settings a region file was calibrated for (reads the header, not the tensors)."""
     path = Path(path)
-    try:
-        with safe_open(str(path), framework="pt", device="cpu") as f:
-            metadata = f.metadata() or {}
-    except Exception as e:
-        raise RegionFileError(f"{path} is not a readable safetensors file (truncated or corrupt?): {e}") from e
+    metadata, _ = _read(path, tensors=False)
     if metadata.get("format") != FORMAT:
         raise RegionFileError(f"{path} is not a stability region (format {metadata.get('format')!r})")
     try:
