@@ -1,6 +1,7 @@
-"""Train the memorizing testbed model (seeded; 28-48 minutes on one CPU core, depending on the machine).
+"""Train the memorizing testbed model (seeded and deterministic; 28-48 minutes on one CPU core, by machine).
 
     python scripts/train_testbed.py --out core/testbed/weights/testbed.safetensors
+    python scripts/train_testbed.py --out /tmp/retrained.safetensors --check-against core/testbed/weights/testbed.safetensors
 
 Epsilon prediction on SD's discrete schedule, condition dropout for classifier-free guidance,
 linear learning-rate decay to zero (it helps memorization), EMA weights saved as safetensors.
@@ -18,7 +19,7 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from safetensors.torch import save_file
+from safetensors.torch import load_file, save_file
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repo root, for `core`
 
@@ -40,7 +41,10 @@ def main() -> None:
     ap.add_argument("--cond-dropout", type=float, default=0.1)
     ap.add_argument("--seed", type=int, default=1)
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--check-against", type=Path, help="after training, compare the weights with this file's")
     args = ap.parse_args()
+    if args.check_against and not args.check_against.is_file():
+        ap.error(f"--check-against {args.check_against}: no such file")   # before, not after, the training
 
     torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
@@ -99,6 +103,21 @@ def main() -> None:
     args.out.parent.mkdir(parents=True, exist_ok=True)
     save_file(tensors, str(args.out), metadata=meta)
     print(f"saved {args.out} ({args.out.stat().st_size / 1e6:.1f} MB) after {time.time() - start:.0f}s")
+    if args.check_against:
+        print(compare(tensors, args.check_against))
+
+
+def compare(tensors: dict[str, torch.Tensor], path: Path) -> str:
+    """Whether freshly trained weights reproduce a weights file, bit for bit."""
+    other = load_file(str(path))
+    if set(other) != set(tensors):
+        return f"{path} has other tensors: {sorted(set(other) ^ set(tensors))[:5]}"
+    diff = {k: (tensors[k].float() - other[k].float()).abs().max().item() for k in tensors}
+    worst = max(diff, key=diff.get)
+    if diff[worst] == 0 and all(torch.equal(tensors[k], other[k]) for k in tensors):
+        return f"bit-identical to {path} ({len(tensors)} tensors)"
+    return (f"differs from {path}: {sum(d > 0 for d in diff.values())} of {len(tensors)} tensors, "
+            f"largest difference {diff[worst]:.3g} in {worst}")
 
 
 if __name__ == "__main__":
