@@ -123,8 +123,7 @@ class CalibrationPlan:
     def cache_path(self, settings: RunSettings) -> str:
         return os.path.join(_paths.auto_dir(), f"{settings.file_stem()}-{self.digest()}.safetensors")
 
-    def cached(self, settings: RunSettings) -> StabilityRegion | None:
-        path = self.cache_path(settings)
+    def cached(self, settings: RunSettings, path: str) -> StabilityRegion | None:
         if not os.path.isfile(path):
             return None
         try:
@@ -136,8 +135,8 @@ class CalibrationPlan:
 
     def resolve(self, model, steps, cfg, sampler, scheduler, latent, denoise) -> RegionSet:
         settings = ksampler_settings(model, steps, cfg, sampler, scheduler, latent, denoise)
-        region = self.cached(settings)
-        path = self.cache_path(settings)
+        path = self.cache_path(settings)   # hashes the text encoder's weights: once per run
+        region = self.cached(settings, path)
         if region is None:
             region = calibrate(model, encoder_for(self.clip), self.prompts, self.seeds_per_prompt, self.seed,
                                steps, cfg, sampler, scheduler, latent, denoise, self.negative_prompt)
