@@ -39,9 +39,14 @@ def http(url: str, payload: dict | None = None, timeout: float = 30.0):
         return json.loads(r.read().decode())
 
 
+class PortTaken(RuntimeError):
+    """ComfyUI could not bind its port."""
+
+
 class ComfyServer:
     def __init__(self, output_dir: Path, log_path: Path, port: int | None = None):
         self.output_dir, self.log_path = Path(output_dir), Path(log_path)
+        self.fixed_port = bool(port)
         self.port = port or free_port()
         self.comfy_root = comfyui_root()
         self.base: Path | None = None
@@ -51,7 +56,20 @@ class ComfyServer:
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
 
-    def start(self, timeout: float = 180.0) -> "ComfyServer":
+    def start(self, timeout: float = 180.0, attempts: int = 3) -> "ComfyServer":
+        """Start ComfyUI and wait until it answers. A free port found by `free_port` can be taken
+        by another process before ComfyUI binds it: then it retries on a new port."""
+        for attempt in range(attempts):
+            try:
+                return self._start_once(timeout)
+            except PortTaken:
+                self.stop()
+                if self.fixed_port or attempt == attempts - 1:
+                    raise RuntimeError(f"port {self.port} is already in use; see {self.log_path}") from None
+                self.port = free_port()
+        raise AssertionError("unreachable")
+
+    def _start_once(self, timeout: float) -> "ComfyServer":
         import torch
 
         self.base = Path(tempfile.mkdtemp(prefix="memguard-comfyui-"))
@@ -68,12 +86,16 @@ class ComfyServer:
         deadline = time.time() + timeout
         while time.time() < deadline:
             if self.proc.poll() is not None:
+                if "address already in use" in self.log_path.read_text(errors="replace").lower():
+                    raise PortTaken(self.port)
                 raise RuntimeError(f"ComfyUI exited during start-up; see {self.log_path}")
             try:
                 http(f"{self.url}/system_stats", timeout=2)
-                break
             except (urllib.error.URLError, ConnectionError, TimeoutError, OSError):
                 time.sleep(0.5)
+                continue
+            if self.proc.poll() is None:   # the answer came from our ComfyUI, not a squatter on the port
+                break
         else:
             self.stop()
             raise RuntimeError(f"ComfyUI did not answer on port {self.port} within {timeout:.0f}s; see {self.log_path}")
