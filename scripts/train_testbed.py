@@ -1,7 +1,7 @@
 """Train the memorizing testbed model (seeded and deterministic; 28-48 minutes on one CPU core, by machine).
 
     python scripts/train_testbed.py --out core/testbed/weights/testbed.safetensors
-    python scripts/train_testbed.py --out /tmp/retrained.safetensors --check-against core/testbed/weights/testbed.safetensors
+    python scripts/train_testbed.py --out runs/retrained.safetensors --check-against core/testbed/weights/testbed.safetensors
 
 Epsilon prediction on SD's discrete schedule, condition dropout for classifier-free guidance,
 linear learning-rate decay to zero (it helps memorization), EMA weights saved as safetensors.
