@@ -88,7 +88,7 @@ def main() -> None:
                     times[name].append(time.perf_counter() - t)
                 if r and cls == "MemGuardKSampler" and extra["mode"] == "mitigate":
                     report = result.node_output("5")[1].report
-                    if report.region is None:   # then the guard would only measure, and the ratio flatter it
+                    if report.region is None:   # the guard would only measure, and the ratio would flatter it
                         raise RuntimeError("the guarded run found no stability region for its settings")
                     flagged += sum(it.flagged for it in report.items)
         stock = statistics.median(times["stock KSampler"])

@@ -94,7 +94,7 @@ class ComfyServer:
             except (urllib.error.URLError, ConnectionError, TimeoutError, OSError):
                 time.sleep(0.5)
                 continue
-            if self.proc.poll() is None:   # the answer came from our ComfyUI, not a squatter on the port
+            if self.proc.poll() is None:   # an answer after our ComfyUI exited came from another process
                 break
         else:
             self.stop()
