@@ -8,7 +8,7 @@ can be replayed later (the benchmark searches it for nearest neighbours). Kinds 
   to six small clutter shapes): never the same twice, and far enough apart that a fresh render's
   nearest neighbour in the stream stays below the copy threshold (checked: 0 of 300 >= 0.9).
 - memorized: the same caption with a unique title token ("... by zorvath"); every one of its
-  draws (DUPLICATE_SHARE) is one fixed image. Drawn at 3 % of samples each: heavy duplication, as
+  draws (DUPLICATE_SHARE) is one fixed image. Drawn at 4 % of samples each: heavy duplication, as
   in LAION, but the caption keeps a generic meaning (its general caption is trained too) to steer to.
 - control: rare but diverse captions with a unique token too, at comparable rates, but with a
   different image every time (fresh renders of one combo, or random crops of a large scene).
@@ -46,7 +46,7 @@ MEMORIZED_TITLES = ("zorvath", "kelmira", "quintor", "voskel", "ambrel",
 RENDER_CONTROL_TITLES = ("fenwick", "halvard")
 PHOTO_CONTROL_TITLES = ("morrow", "ostrin")
 
-MEMORIZED_RATE = 0.03       # per memorized item, per sample
+MEMORIZED_RATE = 0.04       # per memorized item, per sample
 DUPLICATE_SHARE = 1.0       # of a memorized item's draws: the fixed image (else a fresh render)
 RENDER_CONTROL_RATE = 0.02  # per control caption, per sample
 PHOTO_CONTROL_RATE = 0.005

@@ -20,7 +20,7 @@ class TestbedConfig:
     __test__ = False  # not a pytest class
 
     latent_channels: int = 12
-    channels: tuple[int, ...] = (48, 96, 128)
+    channels: tuple[int, ...] = (40, 80, 128)
     attention_levels: tuple[int, ...] = (1, 2)
     vocab_size: int = 64
     max_tokens: int = 12

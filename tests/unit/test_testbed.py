@@ -23,6 +23,7 @@ def testbed():
 def test_the_weights_fit_the_budget(testbed):
     assert WEIGHTS.stat().st_size <= 20 * 1024 * 1024
     assert testbed.training["threads"] == 1 and testbed.training["seed"] == 1
+    assert testbed.training["seconds"] <= 30 * 60   # as the training script recorded it
 
 
 def test_memorized_prompt_is_flagged_in_the_first_steps_and_novel_is_not(testbed):
