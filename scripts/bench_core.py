@@ -34,13 +34,20 @@ from core.sampling import calibrate, guarded_sample, plain_sample  # noqa: E402
 from core.schedule import start_latent  # noqa: E402
 from core.settings import RunSettings  # noqa: E402
 from core.testbed import load_testbed  # noqa: E402
-from core.testbed.dataset import TrainingStream, all_general_combos, general_caption, memorized_image, special_items  # noqa: E402
+from core.testbed.dataset import all_general_combos, general_caption, memorized_image, special_items  # noqa: E402
 from core.testbed.similarity import COPY_THRESHOLD, luminance_bank, luminance_correlation, nearest_neighbours, ssim  # noqa: E402
 
 STEPS, CFG, SAMPLER, SCHEDULER = 50, 7.5, "ddim", "normal"
 # per split: (first novel prompt, novel seed base, memorized/control seed offset); no seed or novel
 # prompt is shared between splits or with calibration (prompts general[:50], seeds 1000-1099)
 SPLITS = {"test": (50, 5000, 0), "validation": (150, 6000, 50), "fresh": (250, 3000, 30)}
+UNGUIDED_SEEDS = {"test": 40000, "validation": 41000, "fresh": 42000}
+
+
+def unguided_set(split: str, n: int = 60) -> list[tuple[str, int]]:
+    """Empty-prompt generations: the unconditional model alone (cond = uncond, so cfg does nothing).
+    What it copies bounds what the `unconditional` strategy can remove."""
+    return [("", UNGUIDED_SEEDS[split] + i) for i in range(n)]
 
 
 def prompt_sets(seeds_per_memorized: int, seeds_per_control: int, novel: int, split: str = "test"):
@@ -139,13 +146,14 @@ def main() -> None:
     # -- ground truth -------------------------------------------------------------------------
     images = tb.decode(base)
     steps, batch = int(tb.training["steps"]), int(tb.training["batch"])
-    stream = TrainingStream(int(tb.training["seed"]), batch)
+    stream = tb.training_stream()
     t0 = time.perf_counter()
     bank = luminance_bank(lambda k: stream.batch(k)[0], steps)
     print(f"\nreplayed the training stream ({bank.shape[0]} images) in {time.perf_counter() - t0:.0f}s")
     nn_corr, _ = nearest_neighbours(images, bank)
     memo_ref = {it.caption: memorized_image(it) for it in special_items() if it.kind == "memorized"}
     copy = nn_corr >= COPY_THRESHOLD
+    results = {}
 
     def copies_of(latents):
         imgs = tb.decode(latents)
@@ -166,6 +174,11 @@ def main() -> None:
     print(f"  memorized prompts vs their training image: corr median {float(corr_ref.median()):.3f}, "
           f"SSIM median {float(ssim_ref.median()):.3f}; corr>=0.9 agrees with NN copy for "
           f"{int(((corr_ref >= COPY_THRESHOLD) == copy[idx_m]).sum())}/{len(idx_m)}")
+    unguided = unguided_set(args.split)
+    ung_corr, _ = nearest_neighbours(tb.decode(torch.cat(run_chunks(tb, unguided, plain, args.chunk))), bank)
+    results["unguided_copies"] = int((ung_corr >= COPY_THRESHOLD).sum())
+    print(f"  unguided (empty prompt, the unconditional model alone): {results['unguided_copies']}/{len(unguided)} "
+          f"generations are copies (NN corr median {float(ung_corr.median()):.3f}, max {float(ung_corr.max()):.3f})")
     per_prompt = {}
     for i in idx_m:
         per_prompt.setdefault(tests[i][0], []).append(bool(copy[i]))
@@ -175,7 +188,7 @@ def main() -> None:
     pos = [i for i in idx_m if copy[i]]
     neg = [i for i in idx_n if not copy[i]]
     print(f"\ndetection: {len(pos)} copies vs {len(neg)} novel+control generations")
-    results = {"detection": {}}
+    results["detection"] = {}
     for s in SCORES:
         v = torch.tensor([float("nan") if det_items[i].scores[s] is None else det_items[i].scores[s] for i in range(len(tests))])
         auc, tpr = roc_auc(v[pos], v[neg]), tpr_at_fpr(v[pos], v[neg], 0.01)

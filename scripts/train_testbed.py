@@ -103,9 +103,7 @@ def main() -> None:
         "training": json.dumps({k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items() if k != "out"}
                                | {"seconds": round(time.time() - start), "torch": torch.__version__}),
         # the data recipe, so a model can be matched to the dataset code that made it
-        "data": json.dumps({"memorized_rate": dataset.MEMORIZED_RATE, "duplicate_share": dataset.DUPLICATE_SHARE,
-                            "render_control_rate": dataset.RENDER_CONTROL_RATE,
-                            "photo_control_rate": dataset.PHOTO_CONTROL_RATE}),
+        "data": json.dumps(dataset.data_recipe()),
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)
     save_file(tensors, str(args.out), metadata=meta)

@@ -21,6 +21,7 @@ from safetensors import safe_open
 from ..sampling import PairDenoiser, cfg_pair
 from ..schedule import DiscreteSchedule
 from . import latent
+from .dataset import TrainingStream
 from .model import TestbedConfig, TestbedUNet, TextEncoder
 from .text import tokenize, unknown_words
 
@@ -35,9 +36,11 @@ class TestbedError(ValueError):
 class Testbed:
     __test__ = False
 
-    def __init__(self, unet: TestbedUNet, text: TextEncoder, vocab: list[str], identity: str, training: dict | None = None):
+    def __init__(self, unet: TestbedUNet, text: TextEncoder, vocab: list[str], identity: str, training: dict | None = None,
+                 data: dict | None = None):
         self.unet, self.text, self.vocab, self.identity = unet, text, vocab, identity
         self.training = dict(training or {})   # how it was trained: seed, steps, batch (replays the stream)
+        self.data = dict(data or {})           # the data recipe it was trained on
         self.config: TestbedConfig = unet.cfg
         self.schedule = DiscreteSchedule()
         self._null = None
@@ -60,6 +63,10 @@ class Testbed:
         # the text encoder's own device: ComfyUI may have moved the UNet to the GPU without it
         ids = tokenize(captions, self.vocab, self.config.max_tokens).to(self.text_device)
         return self.text(ids)
+
+    def training_stream(self) -> TrainingStream:
+        """The exact stream these weights were trained on, to replay (the benchmark's ground truth)."""
+        return TrainingStream(int(self.training["seed"]), int(self.training["batch"]), self.data)
 
     def unknown_words(self, caption: str) -> list[str]:
         return unknown_words(caption, self.vocab)
@@ -107,4 +114,5 @@ def load_testbed(path: str | Path | None = None, device: str | torch.device = "c
     unet.eval().requires_grad_(False).to(device)
     text.eval().requires_grad_(False).to(device)
     digest = hashlib.sha256(path.read_bytes()).hexdigest()[:12]
-    return Testbed(unet, text, vocab, identity=f"testbed-{digest}", training=json.loads(meta.get("training", "{}")))
+    return Testbed(unet, text, vocab, identity=f"testbed-{digest}", training=json.loads(meta.get("training", "{}")),
+                   data=json.loads(meta.get("data", "{}")))

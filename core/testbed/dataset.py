@@ -202,18 +202,26 @@ def memorized_image(item: Item) -> torch.Tensor:
 # ----------------------------------------------------------------------------------------------
 # The stream
 
+def data_recipe() -> dict[str, float]:
+    """The stream's rates, as a weights file records them."""
+    return {"memorized_rate": MEMORIZED_RATE, "duplicate_share": DUPLICATE_SHARE,
+            "render_control_rate": RENDER_CONTROL_RATE, "photo_control_rate": PHOTO_CONTROL_RATE}
+
+
 class TrainingStream:
     """Batch k of the stream is a pure function of (seed, k): any part can be replayed."""
 
-    def __init__(self, seed: int, batch_size: int):
+    def __init__(self, seed: int, batch_size: int, recipe: dict | None = None):
+        """`recipe` (the "data" a weights file records, see `data_recipe`) replays the stream an
+        older testbed was trained on; by default the stream is this module's."""
+        recipe = data_recipe() | dict(recipe or {})
         self.seed, self.batch_size = seed, batch_size
+        self.duplicate_share = recipe["duplicate_share"]
         self.items = special_items()
         self.combos = all_general_combos()
         self.memorized = {it.caption: memorized_image(it) for it in self.items if it.kind == "memorized"}
         self.photos = {it.caption: photo(it.seed, it.combo[2]) for it in self.items if it.kind == "photo_control"}
-        rates = [MEMORIZED_RATE if it.kind == "memorized" else
-                 RENDER_CONTROL_RATE if it.kind == "render_control" else PHOTO_CONTROL_RATE
-                 for it in self.items]
+        rates = [recipe[f"{it.kind}_rate"] for it in self.items]
         self.probs = torch.tensor(rates + [1.0 - sum(rates)])  # last entry: general
 
     def batch(self, k: int) -> tuple[torch.Tensor, list[str], list[str]]:
@@ -237,7 +245,7 @@ class TrainingStream:
             if item.kind == "memorized":
                 fg, shape, bg = item.combo
                 fresh = render([fg] * len(idx), [shape] * len(idx), [bg] * len(idx), g)
-                dup = (torch.rand(len(idx), generator=g) < DUPLICATE_SHARE).view(-1, 1, 1, 1)
+                dup = (torch.rand(len(idx), generator=g) < self.duplicate_share).view(-1, 1, 1, 1)
                 images[idx] = torch.where(dup, self.memorized[item.caption].expand_as(fresh), fresh)
             elif item.kind == "render_control":
                 fg, shape, bg = item.combo

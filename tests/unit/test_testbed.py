@@ -2,6 +2,7 @@
 its first steps, a novel one is not; the model file is what the docs say."""
 
 import pytest
+import torch
 
 from memguard.core.guard import GuardConfig
 from memguard.core.region_file import load_region
@@ -35,3 +36,16 @@ def test_memorized_prompt_is_flagged_in_the_first_steps_and_novel_is_not(testbed
     report = guarded_sample(pair, x, sigmas, settings, 7.5, region=region, config=GuardConfig(mode="detect")).report
     assert [it.flagged for it in report.items] == [True, True, False, False]
     assert all(it.first_flagged_step <= 2 for it in report.items[:2])
+
+
+def test_the_stream_is_replayed_with_the_recipe_the_weights_record(testbed, monkeypatch):
+    from memguard.core.testbed import dataset
+
+    assert testbed.data == dataset.data_recipe()          # the committed weights: this module's stream
+    older = {"memorized_rate": 0.03}                      # testbed v5's rate
+    replayed = dataset.TrainingStream(1, 32, older).batch(3)
+    monkeypatch.setattr(dataset, "MEMORIZED_RATE", 0.03)  # the module as it was when v5 was trained
+    as_trained = dataset.TrainingStream(1, 32).batch(3)
+    assert replayed[1] == as_trained[1] and torch.equal(replayed[0], as_trained[0])
+    monkeypatch.undo()
+    assert dataset.TrainingStream(1, 32).batch(3)[1] != replayed[1]
