@@ -38,7 +38,7 @@ class TestbedLoader(io.ComfyNode):
             node_id="MemGuardTestbedLoader",
             display_name="Load Memorizing Testbed",
             category=CATEGORY,
-            description="The pack's own small text-to-image model (32x32 px, 4.5 M parameters) that really "
+            description="The pack's own small text-to-image model (32x32 px, 4 M parameters) that really "
                         "memorizes ten training images: a demo that needs no downloads. Prompts such as "
                         "'a orange cross on a purple background by zorvath' reproduce a training image.",
             inputs=[],
