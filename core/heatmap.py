@@ -4,7 +4,7 @@
   overshoots the band, the excess energy ||dz||^2 - hi^2 is shared among latent locations in
   proportion to their part of the update energy. Where the trajectory blew up, the map is hot.
 - Burnt-pixel map (image space): how clipped each pixel of the decoded image is.
-- Rendering: normalise, upsample to the image size, colormap, alpha-blend.
+- Rendering: normalise, upsample to the image size, colormap, alpha-blend over the greyed image.
 Images are [B, H, W, 3] floats in [0, 1] (ComfyUI's IMAGE layout); maps are [B, H, W].
 """
 
@@ -46,6 +46,8 @@ def burnt_map(images: torch.Tensor, low: float = 0.02, high: float = 0.98) -> to
     return clipped.float().mean(dim=-1)
 
 
+_LUMA = torch.tensor([0.2126, 0.7152, 0.0722])   # Rec. 709 luminance weights
+
 # a perceptual, colour-blind-safe ramp (a coarse "inferno")
 _INFERNO = torch.tensor([
     [0.001, 0.000, 0.014], [0.258, 0.039, 0.406], [0.578, 0.148, 0.404],
@@ -63,11 +65,16 @@ def colormap(m: torch.Tensor) -> torch.Tensor:
 
 
 def overlay(images: torch.Tensor, heat: torch.Tensor, alpha: float = 0.6) -> torch.Tensor:
-    """Blend the coloured heat over images; cold pixels stay the image, hot ones become the colour."""
+    """Blend the coloured heat over images. The image fades towards its own grey by `alpha`, so the
+    heat's colours stand out on any picture (an orange object under an orange-hot map did not);
+    cold pixels keep the image's brightness, hot ones become the colour."""
     if images.shape[0] != heat.shape[0]:
         raise ValueError(f"overlay needs one map per image: {images.shape[0]} images, {heat.shape[0]} maps")
     if tuple(images.shape[1:3]) != tuple(heat.shape[1:3]):
         heat = F.interpolate(heat.unsqueeze(1).float(), size=tuple(images.shape[1:3]), mode="bilinear",
                              align_corners=False).squeeze(1)
+    img = images.float()
+    grey = (img * _LUMA.to(img.device)).sum(dim=-1, keepdim=True).expand_as(img)
+    base = img * (1 - alpha) + grey * alpha
     a = (alpha * heat.float().clamp(0, 1)).unsqueeze(-1)
-    return (images.float() * (1 - a) + colormap(heat) * a).clamp(0, 1)
+    return (base * (1 - a) + colormap(heat) * a).clamp(0, 1)

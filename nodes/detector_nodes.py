@@ -33,7 +33,9 @@ class MemorizationDetector(io.ComfyNode):
                                tooltip="How far the steps left the band (the smaller of the update and clean-prediction "
                                        "z-scores, as the flag uses). first: largest in the first 10 % of steps (where "
                                        "the signal lives); max: over all steps; mean: averaged over steps."),
-                io.Float.Input("overlay_alpha", default=0.6, min=0.0, max=1.0, step=0.05),
+                io.Float.Input("overlay_alpha", default=0.6, min=0.0, max=1.0, step=0.05,
+                               tooltip="How strongly the heatmap is drawn over the image; the image fades to grey "
+                                       "by as much, so the heat reads on any colours. 0: the image alone."),
             ],
             outputs=[
                 io.Float.Output(display_name="scores", is_output_list=True),

@@ -48,7 +48,7 @@ def run_workflow(port: int) -> dict:
 
 
 def summarize(out: Path) -> None:
-    from PIL import Image, ImageDraw
+    from PIL import Image, ImageDraw, ImageFont
 
     folder = out / "memguard_demo"
     reports = {name: json.loads(sorted(folder.glob(f"{name}_*.json"))[-1].read_text())
@@ -59,8 +59,9 @@ def summarize(out: Path) -> None:
     tile = 256
     sheet = Image.new("RGB", (tile * len(columns), 24 + tile * rows), (255, 255, 255))
     draw = ImageDraw.Draw(sheet)
+    font = ImageFont.load_default(size=15)   # the bitmap default drops the spaces between words
     for c, (key, label) in enumerate(columns):
-        draw.text((c * tile + 6, 6), label, fill=(0, 0, 0))
+        draw.text((c * tile + 6, 3), label, fill=(0, 0, 0), font=font)
         for r, path in enumerate(images[key][:rows]):
             sheet.paste(Image.open(path).convert("RGB").resize((tile, tile), Image.NEAREST), (c * tile, 24 + r * tile))
     sheet.save(out / "summary.png")

@@ -23,13 +23,17 @@ def test_image_map_normalises_upsamples_and_sums_video_time():
 
 
 def test_overlay_and_colormap():
-    images = torch.full((2, 16, 16, 3), 0.5)
+    images = torch.zeros(2, 16, 16, 3)
+    images[..., 0] = 1.0                       # pure red: its grey is 0.2126
     heat = torch.zeros(2, 8, 8)
     heat[1] = 1.0
     out = overlay(images, heat, alpha=1.0)
     assert out.shape == (2, 16, 16, 3)
-    assert torch.equal(out[0], images[0])
-    assert torch.allclose(out[1], colormap(torch.ones(1, 1, 1))[0, 0, 0].expand(16, 16, 3))
+    assert torch.allclose(out[0], torch.full((16, 16, 3), 0.2126))        # cold: the image's grey
+    assert torch.allclose(out[1], colormap(torch.ones(1, 1, 1))[0, 0, 0].expand(16, 16, 3))   # hot: the colour
+    assert torch.equal(overlay(images, heat, alpha=0.0), images)           # alpha 0: the image untouched
+    half = overlay(images, torch.zeros(2, 8, 8), alpha=0.5)[0, 0, 0]
+    assert torch.allclose(half, 0.5 * images[0, 0, 0] + 0.5 * 0.2126)
     assert colormap(torch.zeros(1, 1, 1))[0, 0, 0].sum() < colormap(torch.ones(1, 1, 1))[0, 0, 0].sum()
 
 
