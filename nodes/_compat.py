@@ -2,17 +2,28 @@
 
 from __future__ import annotations
 
+import functools
 import inspect
 
-from comfy_api.latest import io
-
-# `advanced=` (inputs folded under "advanced" in the UI) exists on newer ComfyUI only; 0.3.75
-# raises TypeError for unknown keywords, which would abort loading the whole pack.
-_HAS_ADVANCED = "advanced" in inspect.signature(io.Float.Input.__init__).parameters
+import comfy.sample
 
 
-def advanced() -> dict:
-    return {"advanced": True} if _HAS_ADVANCED else {}
+@functools.cache
+def advanced(input_type) -> dict:
+    """`advanced=True` (the input folds under "advanced" in the UI) where this ComfyUI's
+    `input_type.Input` takes it: 0.3.75 raises TypeError for unknown keywords, which would abort
+    loading the whole pack, and releases need not add it to every input type at once."""
+    return {"advanced": True} if "advanced" in inspect.signature(input_type.Input.__init__).parameters else {}
+
+
+def fix_empty_latent(model, latent: dict):
+    """latent["samples"] as common_ksampler hands it to the sampler: an empty latent gets the
+    model's channels and, on newer ComfyUI, the size for the model's downscale ratio when the
+    latent dict says it was made for another one (0.3.75's function takes neither ratio)."""
+    fix = comfy.sample.fix_empty_latent_channels
+    accepted = inspect.signature(fix).parameters
+    ratios = {k: latent.get(k) for k in ("downscale_ratio_spacial", "downscale_ratio_temporal") if k in accepted}
+    return fix(model, latent["samples"], **ratios)
 
 
 def executing_node_id() -> str | None:

@@ -30,25 +30,25 @@ def guard_inputs() -> list[io.Input]:
         io.Combo.Input("mode", options=list(MODES), default=_G.mode,
                        tooltip="detect: watch and report, the image is exactly what the sampler makes. "
                                "mitigate: also steer flagged items away from the memorized image."),
-        io.Combo.Input("strategy", options=list(STRATEGIES), default=_G.strategy, **advanced(),
+        io.Combo.Input("strategy", options=list(STRATEGIES), default=_G.strategy, **advanced(io.Combo),
                        tooltip="How mitigate steers a flagged image. unconditional: its guidance goes off from the "
                                "flagged step (no copy, but the prompt stops steering it). orthogonal: keeps guiding "
                                "minus the direction that pulled toward the copy (keeps more of the prompt, removes "
                                "fewer copies). delayed_guidance: guidance off until the trajectory leaves the "
                                "memorized basin (Jain et al.). stability: the paper's rescale-and-clamp correction."),
-        io.Boolean.Input("exact", default=_G.exact, **advanced(),
+        io.Boolean.Input("exact", default=_G.exact, **advanced(io.Boolean),
                          tooltip="Redo the flagged step with the new guidance (or re-evaluate the model where a "
                                  "correction moved the latent): one extra model call at that step, only when an "
                                  "image is flagged."),
-        io.Float.Input("tau_mild", default=_D.tau_mild, min=0.5, max=100.0, step=0.1, **advanced(),
+        io.Float.Input("tau_mild", default=_D.tau_mild, min=0.5, max=100.0, step=0.1, **advanced(io.Float),
                        tooltip="z-score above which a step leaves the band (update and clean-prediction norms)."),
-        io.Float.Input("tau_strong", default=_D.tau_strong, min=0.5, max=1000.0, step=0.5, **advanced(),
+        io.Float.Input("tau_strong", default=_D.tau_strong, min=0.5, max=1000.0, step=0.5, **advanced(io.Float),
                        tooltip="clean-prediction z-score that makes a flag strong (acted on at any step)."),
-        io.Float.Input("gamma", default=_D.gamma, min=0.5, max=100.0, step=0.1, **advanced(),
+        io.Float.Input("gamma", default=_D.gamma, min=0.5, max=100.0, step=0.1, **advanced(io.Float),
                        tooltip="Band half-width in calibrated spreads, used by the stability strategy's clamps."),
-        io.Float.Input("active_fraction", default=_D.active_fraction, min=0.01, max=1.0, step=0.01, **advanced(),
+        io.Float.Input("active_fraction", default=_D.active_fraction, min=0.01, max=1.0, step=0.01, **advanced(io.Float),
                        tooltip="Mild flags act only in this first share of the steps (the signal lives early)."),
-        io.Float.Input("off_scale", default=_G.off_scale, min=-5.0, max=1.0, step=0.05, **advanced(),
+        io.Float.Input("off_scale", default=_G.off_scale, min=-5.0, max=1.0, step=0.05, **advanced(io.Float),
                        tooltip="Guidance scale a flagged image gets while its guidance is off (unconditional, "
                                "delayed_guidance). 0 is the unconditional model, which can draw a memorized image "
                                "itself; below 0 also pushes away from where the prompt pulls."),

@@ -22,6 +22,7 @@ from ..core.region_file import RegionFileError, load_region, read_settings, save
 from ..core.settings import RunSettings
 from ..core.testbed import Testbed
 from . import _paths
+from ._compat import fix_empty_latent
 from ._model_id import encoder_identity, model_identity
 from .guard_hooks import GuardSpec, patch_model, sampler_name
 
@@ -61,7 +62,7 @@ def ksampler_settings(model, steps: int, cfg: float, sampler: str, scheduler: st
     """The settings key a KSampler run with these inputs will have (as the guard's hooks see it)."""
     ks = comfy.samplers.KSampler(model, steps=steps, device=model.load_device, sampler=sampler,
                                  scheduler=scheduler, denoise=denoise, model_options=model.model_options)
-    samples = comfy.sample.fix_empty_latent_channels(model, latent["samples"])
+    samples = fix_empty_latent(model, latent)
     return RunSettings(model=model_identity(model), sampler=sampler_name(comfy.samplers.sampler_object(sampler)),
                        scheduler=scheduler, steps=len(ks.sigmas) - 1, cfg=float(cfg),
                        latent_shape=tuple(samples.shape[1:]), denoise=float(denoise),
@@ -83,7 +84,7 @@ def calibrate(model, encode: Callable[[str], list], prompts: list[str], seeds_pe
     negative = encode(negative_prompt)
     template = latent["samples"]
     batch = torch.zeros((seeds_per_prompt, *template.shape[1:]), dtype=template.dtype)
-    batch = comfy.sample.fix_empty_latent_channels(model, batch)
+    batch = fix_empty_latent(model, {**latent, "samples": batch})
     pbar = comfy.utils.ProgressBar(len(prompts) * steps)
     builder = None
     for i, prompt in enumerate(prompts):

@@ -28,6 +28,20 @@ SLICE_SAFE = frozenset({
     "euler", "euler_cfg_pp", "euler_ancestral", "euler_ancestral_cfg_pp", "heun", "dpm_2", "dpm_2_ancestral",
     "dpmpp_2s_ancestral", "dpmpp_2s_ancestral_cfg_pp", "dpmpp_sde", "dpmpp_sde_gpu", "ddpm", "lcm",
 })
+# sampler options that act on each step alone; any other option set away from its default may
+# read the whole schedule (euler's s_churn is divided by the step count, newer lcm's s_noise_end
+# is interpolated over it), which a one-step slice would silently change
+PER_STEP_OPTIONS = frozenset({"eta", "s_noise", "r"})
+
+
+def schedule_dependent_options(inner) -> list[str]:
+    """The options of `inner` that would act differently on one-step slices than on the whole run."""
+    defaults = {k: p.default for k, p in inspect.signature(inner.sampler_function).parameters.items()}
+    options = dict(getattr(inner, "extra_options", {}))
+    constant_noise = options.get("s_noise", defaults.get("s_noise", 1.0))
+    return [f"{k}={v}" for k, v in options.items()
+            if k not in PER_STEP_OPTIONS and not (k in defaults and defaults[k] == v)
+            and not (k == "s_noise_end" and v == constant_noise)]
 
 
 def guarded_sampler(inner, spec: GuardSpec):
@@ -38,6 +52,11 @@ def guarded_sampler(inner, spec: GuardSpec):
         raise ValueError(f"The guarded SAMPLER steps one sigma at a time, which would change the multistep sampler "
                          f"'{name}' (it keeps a history across steps or reads the whole schedule). Use "
                          "'Memorization Guard (model patch)' with it instead, or one of: " + ", ".join(sorted(SLICE_SAFE)) + ".")
+    changed = schedule_dependent_options(inner)
+    if changed:
+        raise ValueError(f"The guarded SAMPLER steps one sigma at a time, and the option(s) {', '.join(changed)} of "
+                         f"'{name}' depend on the whole schedule, so the result would silently differ. Leave them at "
+                         "their defaults, or use 'Memorization Guard (model patch)' with this sampler.")
     return comfy.samplers.KSAMPLER(_sample, extra_options={"memguard_inner": inner, "memguard_spec": spec},
                                    inpaint_options=getattr(inner, "inpaint_options", {}))
 

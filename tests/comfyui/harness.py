@@ -21,7 +21,7 @@ ComfyUI 0.3.75 APIs used (all checked against that tree):
   -> `await nodes.load_custom_node(module_path, ignore=set(), module_parent="custom_nodes") -> bool`
 - `await execution.validate_prompt(prompt_id, prompt, partial_execution_list)`
   -> `(valid, error, good_output_ids, node_errors)`
-- `execution.PromptExecutor(server, cache_type=..., cache_args={"lru": n, "ram": gb})`;
+- `execution.PromptExecutor(server, cache_type=..., cache_args={"lru": n, "ram": gb, "ram_inactive": gb})`;
   `.execute(prompt, prompt_id, extra_data={}, execute_outputs=[])` (sync wrapper around
   `execute_async`); afterwards `.success`, `.status_messages`, `.history_result`, `.caches`.
 """
@@ -431,7 +431,8 @@ class ComfySession:
         import execution
 
         return execution.PromptExecutor(
-            self.server, cache_type=execution.CacheType.CLASSIC, cache_args={"lru": 0, "ram": 0}
+            # newer ComfyUI reads "ram_inactive" on every run (a KeyError without it); 0.3.75 ignores it
+            self.server, cache_type=execution.CacheType.CLASSIC, cache_args={"lru": 0, "ram": 0, "ram_inactive": 0}
         )
 
     def run_prompt(self, prompt: dict, *, client_id: str | None = "memguard-tests",

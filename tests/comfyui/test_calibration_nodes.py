@@ -84,3 +84,32 @@ def test_auto_calibration_calibrates_once_per_setting_and_caches(comfy_session):
     graph["5"]["inputs"]["cfg"] = 6.0         # a new setting calibrates again
     comfy_session.run_prompt(graph)
     assert len(set(auto.glob("*.safetensors")) - before) == 2
+
+
+def test_empty_latents_are_sized_as_common_ksampler_sizes_them(comfy_session, monkeypatch):
+    """Calibration must sample the latent the real run samples. Newer ComfyUI's
+    fix_empty_latent_channels also takes the latent dict's downscale ratios (and resizes an empty
+    latent made for another ratio); 0.3.75's takes neither. No newer ComfyUI runs here, so stand-ins
+    with each signature replace the function: the one mock of ComfyUI in this file."""
+    import importlib
+
+    import comfy.sample
+    import torch
+
+    compat = importlib.import_module(f"{comfy_session.pack_module.__name__}.nodes._compat")
+    latent = {"samples": torch.zeros(1, 4, 8, 8), "downscale_ratio_spacial": 16}
+    calls = []
+
+    def newer(model, latent_image, downscale_ratio_spacial=None, downscale_ratio_temporal=None):
+        calls.append(("newer", downscale_ratio_spacial, downscale_ratio_temporal))
+        return latent_image[..., ::2, ::2]
+
+    def older(model, latent_image):
+        calls.append(("older",))
+        return latent_image
+
+    monkeypatch.setattr(comfy.sample, "fix_empty_latent_channels", newer)
+    assert compat.fix_empty_latent(None, latent).shape == (1, 4, 4, 4)
+    monkeypatch.setattr(comfy.sample, "fix_empty_latent_channels", older)
+    assert compat.fix_empty_latent(None, latent).shape == (1, 4, 8, 8)
+    assert calls == [("newer", 16, None), ("older",)]

@@ -211,6 +211,38 @@ def test_guarded_sampler_wrapper_mitigates_and_refuses_multistep(comfy_session):
         comfy_session.run_prompt(g)
 
 
+def test_guarded_sampler_wrapper_refuses_options_that_read_the_whole_schedule(comfy_session):
+    import comfy.samplers
+
+    pack = importlib.import_module(f"{comfy_session.pack_module.__name__}.nodes.guarded_sampler")
+    changed = pack.schedule_dependent_options
+    assert changed(comfy.samplers.ksampler("euler_ancestral", {"eta": 0.7, "s_noise": 0.9})) == []
+    assert changed(comfy.samplers.ksampler("euler", {"s_churn": 0.0})) == []          # the default
+    assert changed(comfy.samplers.ksampler("euler", {"s_churn": 1.0})) == ["s_churn=1.0"]   # divided by the step count
+    # newer ComfyUI's SamplerLCM interpolates s_noise to s_noise_end over the schedule
+    assert changed(comfy.samplers.ksampler("lcm", {"s_noise": 1.0, "s_noise_end": 1.0})) == []
+    assert changed(comfy.samplers.ksampler("lcm", {"s_noise": 1.0, "s_noise_end": 0.5})) == ["s_noise_end=0.5"]
+    with pytest.raises(ValueError, match="s_churn=1.0 of 'euler' depend on the whole schedule"):
+        pack.guarded_sampler(comfy.samplers.ksampler("euler", {"s_churn": 1.0}), spec=None)
+
+
+def test_guarded_sampler_wrapper_keeps_a_sampler_nodes_options_exactly(comfy_session):
+    """SamplerEulerAncestral's eta and s_noise act per step: sliced, the run is the stock one."""
+    options = {"eta": 0.7, "s_noise": 0.9}
+    g = graph_start(batch=2)
+    g["23"] = {"class_type": "SamplerEulerAncestral", "inputs": options}
+    g["24"] = {"class_type": "MemGuardSampler", "inputs": {"sampler": ["23", 0], **guard_inputs("detect")}}
+    g.update(custom_advanced(["1", 0], ["24", 0]))
+    stock = graph_start(batch=2)
+    stock["23"] = {"class_type": "SamplerEulerAncestral", "inputs": options}
+    stock.update(custom_advanced(["1", 0], ["23", 0]))
+    for k in ("6", "7", "8"):
+        stock.pop(k)
+    stock.update(shown("5"))
+    r, s = comfy_session.run_prompt(g), comfy_session.run_prompt(stock)
+    assert torch.equal(latent(r, "5"), latent(s, "5"))
+
+
 # -- no bleed between runs or nodes ---------------------------------------------------------------
 def test_no_state_bleeds_between_samplers_in_one_graph(comfy_session):
     together = graph_start(batch=2)
