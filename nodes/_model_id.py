@@ -8,14 +8,31 @@ import weakref
 
 import torch
 
-_SAMPLE_TENSORS = 16     # evenly spread over the state dict, by name
+_SAMPLE_TENSORS = 16     # evenly spread over the leaf modules' parameters, by name
 _SAMPLE_VALUES = 256     # leading values of each
 _cache: "weakref.WeakKeyDictionary[object, tuple[object, str, int]]" = weakref.WeakKeyDictionary()
 
 
 def _tensor_bytes(t: torch.Tensor) -> bytes:
-    flat = t.detach().reshape(-1)[:_SAMPLE_VALUES]
-    return str(tuple(t.shape)).encode() + flat.float().cpu().numpy().tobytes()
+    """Shape and leading values. A quantized tensor (newer ComfyUI's fp8 and mixed-precision
+    weights) gives its stored data, which it cannot hand to numpy itself; a tensor with no data
+    (the meta placeholder of a weight still loading) gives its shape alone."""
+    data = getattr(t, "_qdata", t)
+    head = str(tuple(t.shape)).encode()
+    if data.is_meta or data.numel() == 0:
+        return head
+    return head + data.detach().reshape(-1)[:_SAMPLE_VALUES].to("cpu", torch.float32).numpy().tobytes()
+
+
+def sampled_names(module: torch.nn.Module) -> list[str]:
+    """The weights an identity samples: parameters of leaf modules, evenly spread by name. Newer
+    ComfyUI (dynamic VRAM) casts the parameters of non-leaf modules when it loads a model, with no
+    backup of the originals, so theirs would change with the moment the identity is taken."""
+    names = sorted(f"{prefix}.{name}" if prefix else name
+                   for prefix, m in module.named_modules() if next(m.children(), None) is None
+                   for name, _ in m.named_parameters(recurse=False))
+    step = max(1, len(names) // _SAMPLE_TENSORS)
+    return names[::step][:_SAMPLE_TENSORS]
 
 
 def _hash_weights(h, module: torch.nn.Module, backup: dict, prefix: str) -> None:
@@ -23,12 +40,12 @@ def _hash_weights(h, module: torch.nn.Module, backup: dict, prefix: str) -> None
     model and keeps the originals in the patcher's backup (shared by clones): hash the originals,
     so an identity does not depend on which clone was loaded last."""
     sd = module.state_dict()
-    names = sorted(sd)
-    step = max(1, len(names) // _SAMPLE_TENSORS)
-    for name in names[::step][:_SAMPLE_TENSORS]:
+    for name in sampled_names(module):
         saved = backup.get(prefix + name)
-        h.update(name.encode())
-        h.update(_tensor_bytes(saved.weight if saved is not None else sd[name]))
+        value = saved.weight if saved is not None else sd.get(name)
+        if value is not None:
+            h.update(name.encode())
+            h.update(_tensor_bytes(value))
 
 
 def _hash_patches(h, patches: dict) -> None:

@@ -32,7 +32,7 @@ def test_identity_does_not_change_when_comfyui_patches_the_weights_in_place(comf
     testbed_nodes = importlib.import_module(f"{pack}.nodes.testbed_nodes")
     _, model = testbed_nodes._load()
     lora = model.clone()
-    key = "diffusion_model." + sorted(model.model.diffusion_model.state_dict())[0]   # a weight the identity samples
+    key = "diffusion_model." + model_id.sampled_names(model.model.diffusion_model)[0]   # a weight the identity samples
     lora.add_patches({key: (torch.full_like(lora.model_state_dict()[key], 0.01),)}, 0.5)
     before = model_id.model_identity(lora)
     try:
@@ -42,6 +42,37 @@ def test_identity_does_not_change_when_comfyui_patches_the_weights_in_place(comf
     finally:
         comfy.model_management.unload_all_models()           # restores the original weights
         model_id._cache.clear()
+
+
+def test_identity_reads_quantized_and_placeholder_weights(comfy_session):
+    """Newer ComfyUI holds fp8 / mixed-precision weights as quantized tensors (numpy cannot read
+    them; their stored data is `_qdata`) and, with dynamic VRAM, a weight still loading can be a
+    meta placeholder. No such ComfyUI runs here: a stand-in class plays the quantized tensor."""
+    pack = comfy_session.pack_module.__name__
+    model_id = importlib.import_module(f"{pack}.nodes._model_id")
+
+    class Quantized:
+        def __init__(self, data):
+            self._qdata, self.shape = data, data.shape
+
+    stored = torch.arange(6, dtype=torch.float32).view(2, 3)
+    assert model_id._tensor_bytes(Quantized(stored)) == model_id._tensor_bytes(stored)
+    assert model_id._tensor_bytes(torch.empty(2, 3, device="meta")) == str((2, 3)).encode()
+    assert model_id._tensor_bytes(torch.zeros(0)) == b"(0,)"
+
+
+def test_identity_samples_only_leaf_module_weights(comfy_session):
+    pack = comfy_session.pack_module.__name__
+    model_id = importlib.import_module(f"{pack}.nodes._model_id")
+
+    class Block(torch.nn.Module):        # owns a parameter and a child: ComfyUI may cast such a one at load
+        def __init__(self):
+            super().__init__()
+            self.scale = torch.nn.Parameter(torch.ones(3))
+            self.proj = torch.nn.Linear(3, 3)
+
+    names = model_id.sampled_names(torch.nn.Sequential(Block(), torch.nn.Linear(3, 2)))
+    assert names == ["0.proj.bias", "0.proj.weight", "1.bias", "1.weight"]
 
 
 def test_calibration_folder_from_extra_model_paths_keeps_its_paths(comfy_session, tmp_path):
