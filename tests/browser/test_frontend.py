@@ -68,6 +68,45 @@ def test_extension_chart_and_verdict_in_the_real_frontend(server):
     assert not ours, "\n".join(ours)
 
 
+def test_chart_and_verdict_reach_nodes_inside_a_subgraph(server):
+    """Inside a subgraph a node's execution id is "<subgraph node>:<node>": the chart and the
+    verdict colour must still find the node."""
+    from playwright.sync_api import sync_playwright
+
+    workflow = json.loads((ROOT / "workflows" / "memguard_demo.json").read_text())
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS)
+        page = browser.new_page(viewport={"width": 1600, "height": 1000})
+        page.goto(server.url, wait_until="domcontentloaded", timeout=120_000)
+        page.wait_for_function("() => window.app && window.app.graph && window.MemorizationGuard", timeout=120_000)
+        converted = page.evaluate("""async (wf) => {
+            await window.app.loadGraphData(wf);
+            const graph = window.app.graph;
+            if (typeof graph.convertToSubgraph !== "function") return null;
+            for (const id of [5, 6]) {   // new seeds: the server would serve the first test's run from its cache
+                graph.getNodeById(id).widgets.find(w => w.name === "seed").value = 8;
+            }
+            const picked = graph._nodes.filter(n => (n.id === 5 || n.id === 9));   // detect sampler, detector
+            return graph.convertToSubgraph(new Set(picked)) ? true : false;
+        }""", workflow)
+        if converted is None:
+            pytest.skip("this frontend has no subgraphs")
+        assert converted
+        page.evaluate("() => window.app.queuePrompt(0, 1)")
+        page.wait_for_function("() => window.MemorizationGuard.doneEvents >= 2", timeout=600_000)
+        found = page.wait_for_function("""() => {
+            const outer = window.app.graph._nodes.find(n => n.subgraph);
+            const inner = outer && outer.subgraph._nodes;
+            const detector = inner && inner.find(n => n.type === "MemGuardDetector");
+            const sampler = inner && inner.find(n => n.type === "MemGuardKSampler");
+            const key = [...window.MemorizationGuard.charts.keys()].find(k => k.includes(":"));
+            if (!detector || detector.bgcolor !== "#7a2030" || !key || sampler.__memguardChartKey !== key) return null;
+            return {key, outer: outer.id, sampler: sampler.id};
+        }""", timeout=60_000).json_value()
+        assert found["key"] == f"{found['outer']}:{found['sampler']}"
+        browser.close()
+
+
 def test_templates_browser_lists_the_workflows(server):
     from comfy_server import http
 

@@ -26,8 +26,17 @@ function chartFor(nodeId, steps) {
   return chart;
 }
 
-function nodeById(id) {
-  return app.graph?.getNodeById?.(Number(id)) ?? app.graph?.getNodeById?.(id);
+// The guard's events name a node by its execution id: "12" at the top level, "5:12" for node 12
+// inside the subgraph node 5 (nested: "3:5:12").
+function nodeById(executionId) {
+  let graph = app.graph;
+  let node = null;
+  for (const part of String(executionId).split(":")) {
+    node = graph?.getNodeById?.(Number(part)) ?? graph?.getNodeById?.(part) ?? null;
+    graph = node?.subgraph;
+  }
+  if (node) node.__memguardChartKey = String(executionId);
+  return node;
 }
 
 function reserveSpace(node) {
@@ -108,14 +117,13 @@ api.addEventListener("memguard.done", ({ detail }) => {
   nodeById(detail.node)?.setDirtyCanvas?.(true, true);
 });
 
-api.addEventListener("executed", ({ detail }) => {
-  const node = nodeById(detail?.node);
-  const flags = detail?.output?.memguard_flags;
-  if (!node || node.type !== "MemGuardDetector" || !Array.isArray(flags)) return;
-  const verdict = flags.some(Boolean) ? "flagged" : detail.output.memguard_available?.[0] === false ? "unavailable" : "clean";
+function colourByVerdict(node, output) {
+  const flags = output?.memguard_flags;
+  if (!Array.isArray(flags)) return;
+  const verdict = flags.some(Boolean) ? "flagged" : output.memguard_available?.[0] === false ? "unavailable" : "clean";
   node.bgcolor = VERDICT_COLOURS[verdict];
   node.setDirtyCanvas?.(true, true);
-});
+}
 
 app.registerExtension({
   name: "MemorizationGuard.LiveChart",
@@ -123,9 +131,18 @@ app.registerExtension({
     const original = node.onDrawForeground;
     node.onDrawForeground = function (ctx) {
       const result = original?.apply(this, arguments);
-      const chart = charts.get(String(this.id));
+      const chart = charts.get(this.__memguardChartKey ?? String(this.id));
       if (chart && !this.flags?.collapsed) drawChart(ctx, this, chart);
       return result;
     };
+    if ((node.comfyClass ?? node.type) === "MemGuardDetector") {
+      // the frontend finds the node an output belongs to (inside subgraphs too) and calls this
+      const executed = node.onExecuted;
+      node.onExecuted = function (output) {
+        const result = executed?.apply(this, arguments);
+        colourByVerdict(this, output);
+        return result;
+      };
+    }
   },
 });
