@@ -20,13 +20,14 @@ import argparse
 import json
 import statistics
 import sys
-import threading
 import time
 from pathlib import Path
 
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repo root, for `core`
+
+from turn_taking import Turns  # noqa: E402
 
 from core.detect import SCORES, roc_auc, tpr_at_fpr  # noqa: E402
 from core.guard import STRATEGIES, GuardConfig  # noqa: E402
@@ -250,67 +251,6 @@ class ReplayedPair:
     def __call__(self, x, sigma, rows, need_uncond):
         c, u = self.seen[float(sigma[0])]
         return (c, u) if rows is None else (c[rows], None if u is None else u[rows])
-
-
-class Turns:
-    """Two sampling loops run in turns, one model call at a time: each runs in its own thread and
-    hands a baton to the other before each model call, and the wall time each holds the baton is
-    added up. Whatever slows this shared VM for more than a step (about half a second) slows both
-    sides alike, which alternating whole runs cannot promise."""
-
-    def __init__(self, names, first):
-        self.cv = threading.Condition()
-        self.turn, self.live = first, set(names)
-        self.spent, self.since = dict.fromkeys(names, 0.0), 0.0
-
-    def _take(self, me):                            # with cv held
-        self.cv.wait_for(lambda: self.turn == me)
-        self.since = time.perf_counter()
-
-    def _give(self, me):                            # with cv held
-        self.spent[me] += time.perf_counter() - self.since
-        others = [n for n in self.live if n != me]
-        self.turn = others[0] if others else None
-        self.cv.notify_all()
-
-    def switch(self, me):
-        with self.cv:
-            self._give(me)
-            if self.turn is None:                   # the other side is done: keep going
-                self.turn = me
-            self._take(me)
-
-    def wrap(self, me, pair):
-        def turned(*args):
-            self.switch(me)
-            return pair(*args)
-        return turned
-
-    def run(self, sides: dict, threads: int) -> dict:
-        """sides: name -> (sample(pair, x), pair, x); runs them in turns, returns name -> seconds held."""
-        errors = []
-
-        def body(me, sample, pair, x):
-            torch.set_num_threads(threads)          # per thread, as the main thread has it
-            with self.cv:
-                self._take(me)
-            try:
-                sample(self.wrap(me, pair), x)
-            except BaseException as e:              # noqa: BLE001 - re-raised in the main thread
-                errors.append(e)
-            finally:
-                with self.cv:
-                    self.live.discard(me)
-                    self._give(me)
-
-        workers = [threading.Thread(target=body, args=(n, *side)) for n, side in sides.items()]
-        for w in workers:
-            w.start()
-        for w in workers:
-            w.join()
-        if errors:
-            raise errors[0]
-        return self.spent
 
 
 def timing(tb, tests, kind, plain, guarded, args) -> dict:

@@ -1,4 +1,4 @@
-"""scripts/bench_core.py's Turns: the harness behind the benchmark's wall-time ratios. Two sampling
+"""scripts/turn_taking.py's Turns: the harness behind the benchmark's wall-time ratios. Two sampling
 loops must take strict turns, one model call each, and each must be charged only its own time."""
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "scripts"))
-import bench_core  # noqa: E402
+from turn_taking import Turns  # noqa: E402
 
 
 def loop(steps, pause, log, name):
@@ -26,7 +26,7 @@ def loop(steps, pause, log, name):
 
 def test_the_loops_alternate_one_model_call_at_a_time_and_the_longer_one_finishes_alone():
     log = []
-    turns = bench_core.Turns(("plain", "guarded"), first="plain")
+    turns = Turns(("plain", "guarded"), first="plain")
     turns.run({"plain": (loop(3, 0.0, log, "plain"), lambda x, j: None, 0),
                "guarded": (loop(5, 0.0, log, "guarded"), lambda x, j: None, 0)}, threads=1)
     assert log == [("plain", 0), ("guarded", 0), ("plain", 1), ("guarded", 1), ("plain", 2), ("guarded", 2),
@@ -35,7 +35,7 @@ def test_the_loops_alternate_one_model_call_at_a_time_and_the_longer_one_finishe
 
 def test_each_side_is_charged_its_own_work_only():
     log = []
-    turns = bench_core.Turns(("plain", "guarded"), first="guarded")
+    turns = Turns(("plain", "guarded"), first="guarded")
     spent = turns.run({"plain": (loop(4, 0.0, log, "plain"), lambda x, j: None, 0),
                        "guarded": (loop(4, 0.05, log, "guarded"), lambda x, j: None, 0)}, threads=1)
     assert spent["guarded"] >= 4 * 0.05
@@ -47,7 +47,7 @@ def test_an_error_in_one_loop_reaches_the_caller_and_does_not_hang_the_other():
         pair(x, 0)
         raise RuntimeError("model failed")
 
-    turns = bench_core.Turns(("plain", "guarded"), first="plain")
+    turns = Turns(("plain", "guarded"), first="plain")
     with pytest.raises(RuntimeError, match="model failed"):
         turns.run({"plain": (loop(3, 0.0, [], "plain"), lambda x, j: None, 0),
                    "guarded": (broken, lambda x, j: None, 0)}, threads=1)
