@@ -95,10 +95,14 @@ def main() -> None:
     ap.add_argument("--seeds-per-control", type=int, default=10)
     ap.add_argument("--novel", type=int, default=100)
     ap.add_argument("--chunk", type=int, default=66)
-    ap.add_argument("--timing-repeats", type=int, default=3, help="0 skips the timing")
+    ap.add_argument("--timing-repeats", type=int, default=4,
+                    help="0 skips the timing; keep it even: the side that starts swaps every repeat")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--timing-only", action="store_true", help="calibrate, then only the wall-time ratios")
     args = ap.parse_args()
+    if args.timing_repeats % 2:
+        ap.error("--timing-repeats must be even (0 skips the timing): with an odd count one side "
+                 "starts more often, and the harness favours whoever starts")
     torch.set_num_threads(args.threads)
     args.out.mkdir(parents=True, exist_ok=True)
 
