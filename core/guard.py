@@ -15,7 +15,7 @@ import torch
 
 from . import detect, heatmap, mitigate
 from .detect import MILD, NONE, STRONG, DetectionConfig
-from .measures import QUANTITIES, guidance_gap, measure_step, update_energy_map
+from .measures import QUANTITIES, guidance_gap, measure_step, scratch_for, update_energy_map
 from .region import StabilityRegion
 from .report import ItemReport, RunReport
 from .settings import RunSettings
@@ -99,6 +99,7 @@ class StabilityGuard:
         self.extra_evals = 0
         self.notes: list[str] = []
         self.k_active = config.detection.active_window(self.steps)
+        self._scratch: torch.Tensor | None = None      # the measures' working memory, kept across steps
 
     # -- guidance ------------------------------------------------------------------------------
     @property
@@ -138,8 +139,9 @@ class StabilityGuard:
         if x_next.shape[0] != self.batch:
             raise ValueError(f"batch of {x_next.shape[0]} observed by a guard made for {self.batch}")
         s_prev, s_next = self.sigmas[step], self.sigmas[step + 1]
-        gap = guidance_gap(cond_next, uncond_next, s_next)
-        m = measure_step(x_prev, x_next, s_prev, s_next, denoised_next, gap)
+        self._scratch = scratch_for(x_next, self._scratch)
+        gap = guidance_gap(cond_next, uncond_next, s_next, self._scratch)
+        m = measure_step(x_prev, x_next, s_prev, s_next, denoised_next, gap, self._scratch)
         values = m.stack().cpu()
         self.values[step] = values
         self.observed = max(self.observed, step + 1)

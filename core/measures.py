@@ -44,19 +44,34 @@ class StepMeasures:
         return torch.stack([self.latent, self.update, self.clean, self.gap])
 
 
-def guidance_gap(cond: torch.Tensor | None, uncond: torch.Tensor | None, sigma: float) -> torch.Tensor | None:
+def scratch_for(x: torch.Tensor, scratch: torch.Tensor | None = None) -> torch.Tensor:
+    """Two float32 latents' worth of working memory for the measures, reused from step to step:
+    fresh latent-sized temporaries every step make the allocator hand memory back to the system
+    and fault it in again around the model call, which cost more than the measures themselves."""
+    if scratch is None or scratch.shape[1:] != x.shape or scratch.device != x.device:
+        scratch = torch.empty((2, *x.shape), dtype=torch.float32, device=x.device)
+    return scratch
+
+
+def guidance_gap(cond: torch.Tensor | None, uncond: torch.Tensor | None, sigma: float,
+                 scratch: torch.Tensor | None = None) -> torch.Tensor | None:
     """||eps_c - eps_u|| per item from the cond/uncond clean predictions, or None without both."""
     if cond is None or uncond is None or sigma <= 0:
         return None
-    return item_norm(uncond.float() - cond.float()) / sigma
+    diff = scratch_for(cond, scratch)[0].copy_(uncond).sub_(cond)     # uncond.float() - cond.float()
+    return item_norm(diff) / sigma
 
 
 def measure_step(x_prev: torch.Tensor, x_next: torch.Tensor, sigma_prev: float, sigma_next: float,
-                 denoised_next: torch.Tensor | None, gap_next: torch.Tensor | None = None) -> StepMeasures:
-    """Measure the step x_prev -> x_next. `denoised_next` is D(x_next); None at the last step."""
-    z_prev, z_next = to_vp(x_prev, sigma_prev), to_vp(x_next, sigma_next)
+                 denoised_next: torch.Tensor | None, gap_next: torch.Tensor | None = None,
+                 scratch: torch.Tensor | None = None) -> StepMeasures:
+    """Measure the step x_prev -> x_next. `denoised_next` is D(x_next); None at the last step.
+    `scratch` (from scratch_for) is working memory; the results do not depend on it, to the bit."""
+    buf = scratch_for(x_next, scratch)
+    z_next = buf[1].copy_(x_next).div_((1.0 + sigma_next * sigma_next) ** 0.5)    # to_vp, in place
     latent = item_norm(z_next)
-    update = item_norm(z_next - z_prev)
+    z_prev = buf[0].copy_(x_prev).div_((1.0 + sigma_prev * sigma_prev) ** 0.5)
+    update = item_norm(z_next.sub_(z_prev))
     clean = item_norm(denoised_next) if denoised_next is not None else item_norm(x_next)
     gap = gap_next if gap_next is not None else torch.full_like(latent, float("nan"))
     return StepMeasures(latent, update, clean, gap.float())

@@ -3,7 +3,7 @@ import math
 import pytest
 import torch
 
-from memguard.core.measures import guidance_gap, item_norm, measure_step, to_vp, update_energy_map
+from memguard.core.measures import guidance_gap, item_norm, measure_step, scratch_for, to_vp, update_energy_map
 
 
 def test_item_norm_is_per_item_over_all_other_dims():
@@ -51,3 +51,20 @@ def test_update_energy_map_keeps_spatial_dims():
     assert e.shape == (2, 3, 5, 5)
     assert e[:, 1, 2, 3].eq(4.0).all() and e.sum() == 8.0
     assert torch.allclose(to_vp(torch.ones(1), 1.0), torch.tensor([1 / math.sqrt(2)]))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
+def test_reused_working_memory_gives_the_textbook_values_to_the_bit(dtype):
+    torch.manual_seed(3)
+    scratch = None
+    for shape in [(5, 4, 8, 8), (5, 4, 8, 8), (2, 4, 3, 6, 6)]:     # reused, then a new shape
+        x0, x1, d, c, u = (torch.randn(shape).to(dtype) * 3 for _ in range(5))
+        x0 = x0.transpose(-1, -2)                                  # not contiguous
+        scratch = scratch_for(x1, scratch)
+        gap = guidance_gap(c, u, 1.7, scratch)
+        m = measure_step(x0, x1, 2.5, 1.7, d, gap, scratch)
+        assert scratch.shape[1:] == shape and scratch.dtype == torch.float32
+        assert torch.equal(m.latent, item_norm(to_vp(x1, 1.7)))
+        assert torch.equal(m.update, item_norm(to_vp(x1, 1.7) - to_vp(x0, 2.5)))
+        assert torch.equal(m.clean, item_norm(d))
+        assert torch.equal(gap, item_norm(u.float() - c.float()) / 1.7)
