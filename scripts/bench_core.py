@@ -265,7 +265,8 @@ def timing(tb, tests, kind, plain, guarded, args) -> dict:
     The guard's own work is also timed directly: both loops are driven again by the model
     predictions the plain run recorded (ReplayedPair), many times, and the difference of their best
     times is what the guard adds to the plain run's real time. It leaves out what the guard's
-    tensors cost the model through the caches, and the model calls of exact redos (the one falsely
+    tensors cost the model through the caches and the allocator (memory handed back to the system
+    and faulted in again around the model call), and the model calls of exact redos (the one falsely
     flagged image of the test split: 1 of 7,000 image-steps). The plain loop against itself, in
     the same harness, shows what a ratio of two identical sides looks like on this machine."""
     default = GuardConfig(mode="mitigate")          # the pack's default strategy
