@@ -48,6 +48,14 @@ def _hash_weights(h, module: torch.nn.Module, backup: dict, prefix: str) -> None
             h.update(_tensor_bytes(value))
 
 
+def _hash_adapter(h, adapter) -> None:
+    """A LoRA-style weight adapter (ComfyUI wraps LoRA weights in these): its tensors."""
+    weights = getattr(adapter, "weights", ())
+    for w in weights if isinstance(weights, (tuple, list)) else (weights,):
+        if isinstance(w, torch.Tensor):
+            h.update(_tensor_bytes(w))
+
+
 def _hash_patches(h, patches: dict) -> None:
     for key in sorted(patches):
         h.update(key.encode())
@@ -58,20 +66,58 @@ def _hash_patches(h, patches: dict) -> None:
             for t in tensors:
                 if isinstance(t, torch.Tensor):
                     h.update(_tensor_bytes(t))
-                elif hasattr(t, "weights"):              # newer ComfyUI wraps LoRA weights in adapters
-                    for w in t.weights:
-                        if isinstance(w, torch.Tensor):
-                            h.update(_tensor_bytes(w))
+                else:
+                    _hash_adapter(h, t)
+
+
+def _injection_owners(injection) -> list:
+    """What an injection's inject callable holds: the object of a bound method and the values its
+    closure captured (newer ComfyUI's bypass LoRAs capture their BypassInjectionManager)."""
+    inject = getattr(injection, "inject", None)
+    owners = [getattr(inject, "__self__", None)]
+    for cell in getattr(inject, "__closure__", None) or ():
+        try:
+            owners.append(cell.cell_contents)
+        except ValueError:                               # a cell not yet filled
+            pass
+    return [o for o in owners if o is not None]
+
+
+def _hash_injections(h, injections: dict) -> None:
+    """Weight adapters applied at forward time instead of into the weights (newer ComfyUI's bypass
+    LoRAs: `injections`, not `patches`). Their adapters and strengths are hashed when the injection
+    shows them, as BypassInjectionManager and BypassForwardHook do; any other injection counts by
+    its key and its function's name, so a region calibrated without it is still refused."""
+    for key in sorted(injections):
+        h.update(f"injection:{key}".encode())
+        for injection in injections[key]:
+            inject = getattr(injection, "inject", None)
+            h.update(getattr(inject, "__qualname__", type(injection).__name__).encode())
+            for owner in _injection_owners(injection):
+                adapters = getattr(owner, "adapters", None)
+                hooks = getattr(owner, "hooks", None)
+                if isinstance(adapters, dict):           # a manager: module key -> (adapter, strength)
+                    for name in sorted(adapters):
+                        entry = adapters[name]
+                        adapter, strength = entry if isinstance(entry, tuple) and len(entry) == 2 else (entry, None)
+                        h.update(f"{name}@{strength!r}".encode())
+                        _hash_adapter(h, adapter)
+                elif isinstance(hooks, (list, tuple)) or hasattr(owner, "adapter"):
+                    for hook in hooks if isinstance(hooks, (list, tuple)) else (owner,):
+                        h.update(repr(getattr(hook, "multiplier", None)).encode())
+                        _hash_adapter(h, getattr(hook, "adapter", None))
 
 
 def model_identity(patcher) -> str:
     """"<ModelClass>-<12 hex digits>" from the architecture, sampled weights and weight patches."""
     base = patcher.model
-    if getattr(base, "memguard_identity", None) and not getattr(patcher, "patches", None):
+    if (getattr(base, "memguard_identity", None) and not getattr(patcher, "patches", None)
+            and not getattr(patcher, "injections", None)):
         return base.memguard_identity   # the testbed: the same identity as in the core's own sampler
-    stamp = getattr(patcher, "patches_uuid", None)
+    stamp = (getattr(patcher, "patches_uuid", None), len(getattr(patcher, "patches", {})),
+             _injection_stamp(patcher))
     cached = _cache.get(base)
-    if cached is not None and cached[0] == stamp and len(getattr(patcher, "patches", {})) == cached[2]:
+    if cached is not None and cached[0] == stamp:
         return cached[1]
     h = hashlib.sha256()
     config = type(getattr(base, "model_config", base)).__name__
@@ -80,9 +126,25 @@ def model_identity(patcher) -> str:
     if diffusion is not None:
         _hash_weights(h, diffusion, getattr(patcher, "backup", {}) or {}, "diffusion_model.")
     _hash_patches(h, getattr(patcher, "patches", {}))
+    _hash_injections(h, getattr(patcher, "injections", None) or {})
     identity = f"{config}-{h.hexdigest()[:12]}"
-    _cache[base] = (stamp, identity, len(getattr(patcher, "patches", {})))
+    _cache[base] = (stamp, identity)
     return identity
+
+
+def _injection_stamp(patcher) -> tuple:
+    """Which injection objects a patcher holds (clones copy the lists, not the objects), so the
+    cached identity is recomputed when one is added, removed or replaced. Weak references: an
+    injection that holds the model must not keep it alive through this cache."""
+    injections = getattr(patcher, "injections", None) or {}
+    return tuple((key, tuple(_weak(i) for i in injections[key])) for key in sorted(injections))
+
+
+def _weak(obj):
+    try:
+        return weakref.ref(obj)        # equal while alive and the same object; never after
+    except TypeError:
+        return id(obj)
 
 
 def encoder_identity(clip) -> str:
@@ -96,5 +158,6 @@ def encoder_identity(clip) -> str:
     if encoder is not None:
         _hash_weights(h, encoder, getattr(patcher, "backup", {}) or {}, "")
     _hash_patches(h, getattr(patcher, "patches", {}) if patcher is not None else {})
+    _hash_injections(h, getattr(patcher, "injections", None) or {})
     h.update(repr(getattr(clip, "layer_idx", None)).encode())
     return h.hexdigest()[:12]

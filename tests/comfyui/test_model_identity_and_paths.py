@@ -24,6 +24,61 @@ def test_weight_patches_change_the_model_identity(comfy_session):
     assert model_id.model_identity(stronger) not in (base_id, model_id.model_identity(lora))
 
 
+def _bypass_lora(patcher, key: str, strength: float):
+    """A LoRA applied at forward time, as newer ComfyUI's LoraLoaderBypass does: a
+    BypassInjectionManager's injection under `injections["bypass_lora"]`. ComfyUI 0.3.75 has no
+    BypassInjectionManager, so there a stand-in built the same way (adapters by module key, an
+    inject closure over the manager) plays it; the adapter and PatcherInjection are ComfyUI's."""
+    import comfy.weight_adapter
+    from comfy.patcher_extension import PatcherInjection
+
+    weight = patcher.model_state_dict()[key]
+    up, down = torch.full((weight.shape[0], 1), 0.01), torch.full((1, weight[0].numel()), 0.01)
+    adapter = comfy.weight_adapter.LoRAAdapter({key}, (up, down, None, None, None, None))
+    manager_class = getattr(comfy.weight_adapter, "BypassInjectionManager", None)
+    if manager_class is not None:
+        manager = manager_class()
+        manager.add_adapter(key, adapter, strength=strength)
+        injections = manager.create_injections(patcher.model)
+    else:
+        class Manager:     # BypassInjectionManager reduced to what the identity reads
+            def __init__(self):
+                self.adapters = {key.removesuffix(".weight"): (adapter, strength)}
+
+            def create_injections(self):
+                def inject_all(model_patcher):               # a closure over the manager, as ComfyUI's
+                    return self.adapters
+                return [PatcherInjection(inject=inject_all, eject=inject_all)]
+        injections = Manager().create_injections()
+    patcher.set_injections("bypass_lora", injections)
+    return patcher
+
+
+def test_bypass_loras_and_other_injections_change_the_model_identity(comfy_session):
+    from comfy.patcher_extension import PatcherInjection
+
+    pack = comfy_session.pack_module.__name__
+    model_id = importlib.import_module(f"{pack}.nodes._model_id")
+    testbed_nodes = importlib.import_module(f"{pack}.nodes.testbed_nodes")
+    _, model = testbed_nodes._load()
+    base_id = model_id.model_identity(model)
+    key = next(k for k in model.model_state_dict() if k.endswith("conv_in.weight"))
+    lora = _bypass_lora(model.clone(), key, 0.8)
+    lora_id = model_id.model_identity(lora)
+    assert lora_id != base_id
+    assert model_id.model_identity(lora.clone()) == lora_id           # a clone shares the injection
+    assert model_id.model_identity(_bypass_lora(model.clone(), key, 0.5)) not in (base_id, lora_id)
+    assert model_id.model_identity(model) == base_id                  # the original is untouched
+
+    def noop(model_patcher):
+        pass
+    other = model.clone()
+    other.set_injections("another_pack", [PatcherInjection(inject=noop, eject=noop)])
+    assert model_id.model_identity(other) not in (base_id, lora_id)
+    other.remove_injections("another_pack")
+    assert model_id.model_identity(other) == base_id                  # the cached identity follows
+
+
 def test_identity_does_not_change_when_comfyui_patches_the_weights_in_place(comfy_session):
     import comfy.model_management
 
