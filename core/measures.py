@@ -26,8 +26,10 @@ def item_norm(t: torch.Tensor) -> torch.Tensor:
     return t.float().flatten(1).norm(dim=1)
 
 
-def to_vp(x: torch.Tensor, sigma: float) -> torch.Tensor:
-    return x.float() / (1.0 + sigma * sigma) ** 0.5
+def to_vp(x: torch.Tensor, sigma: float, out: torch.Tensor | None = None) -> torch.Tensor:
+    """z = x / sqrt(1 + sigma^2) in float32; into `out` (float32, x's shape) when given."""
+    scale = (1.0 + sigma * sigma) ** 0.5
+    return x.float() / scale if out is None else out.copy_(x).div_(scale)
 
 
 @dataclass
@@ -68,10 +70,9 @@ def measure_step(x_prev: torch.Tensor, x_next: torch.Tensor, sigma_prev: float, 
     """Measure the step x_prev -> x_next. `denoised_next` is D(x_next); None at the last step.
     `scratch` (from scratch_for) is working memory; the results do not depend on it, to the bit."""
     buf = scratch_for(x_next, scratch)
-    z_next = buf[1].copy_(x_next).div_((1.0 + sigma_next * sigma_next) ** 0.5)    # to_vp, in place
+    z_next = to_vp(x_next, sigma_next, out=buf[1])
     latent = item_norm(z_next)
-    z_prev = buf[0].copy_(x_prev).div_((1.0 + sigma_prev * sigma_prev) ** 0.5)
-    update = item_norm(z_next.sub_(z_prev))
+    update = item_norm(z_next.sub_(to_vp(x_prev, sigma_prev, out=buf[0])))
     clean = item_norm(denoised_next) if denoised_next is not None else item_norm(x_next)
     gap = gap_next if gap_next is not None else torch.full_like(latent, float("nan"))
     return StepMeasures(latent, update, clean, gap.float())
