@@ -8,11 +8,15 @@ import importlib
 import torch
 
 
-def test_weight_patches_change_the_model_identity(comfy_session):
+def _identity_and_testbed(comfy_session):
+    """The pack's model-identity module and the testbed loaded as a ComfyUI model."""
     pack = comfy_session.pack_module.__name__
-    model_id = importlib.import_module(f"{pack}.nodes._model_id")
     testbed_nodes = importlib.import_module(f"{pack}.nodes.testbed_nodes")
-    _, model = testbed_nodes._load()
+    return importlib.import_module(f"{pack}.nodes._model_id"), testbed_nodes._load()[1]
+
+
+def test_weight_patches_change_the_model_identity(comfy_session):
+    model_id, model = _identity_and_testbed(comfy_session)
     base_id = model_id.model_identity(model)
     assert base_id == model_id.model_identity(model.clone())        # clones and wrappers do not matter
     lora = model.clone()
@@ -57,10 +61,7 @@ def _bypass_lora(patcher, key: str, strength: float):
 def test_bypass_loras_and_other_injections_change_the_model_identity(comfy_session):
     from comfy.patcher_extension import PatcherInjection
 
-    pack = comfy_session.pack_module.__name__
-    model_id = importlib.import_module(f"{pack}.nodes._model_id")
-    testbed_nodes = importlib.import_module(f"{pack}.nodes.testbed_nodes")
-    _, model = testbed_nodes._load()
+    model_id, model = _identity_and_testbed(comfy_session)
     base_id = model_id.model_identity(model)
     key = next(k for k in model.model_state_dict() if k.endswith("conv_in.weight"))
     lora = _bypass_lora(model.clone(), key, 0.8)
@@ -82,10 +83,7 @@ def test_bypass_loras_and_other_injections_change_the_model_identity(comfy_sessi
 def test_identity_does_not_change_when_comfyui_patches_the_weights_in_place(comfy_session):
     import comfy.model_management
 
-    pack = comfy_session.pack_module.__name__
-    model_id = importlib.import_module(f"{pack}.nodes._model_id")
-    testbed_nodes = importlib.import_module(f"{pack}.nodes.testbed_nodes")
-    _, model = testbed_nodes._load()
+    model_id, model = _identity_and_testbed(comfy_session)
     lora = model.clone()
     key = "diffusion_model." + model_id.sampled_names(model.model.diffusion_model)[0]   # a weight the identity samples
     lora.add_patches({key: (torch.full_like(lora.model_state_dict()[key], 0.01),)}, 0.5)
