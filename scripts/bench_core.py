@@ -27,7 +27,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repo root, for `core`
 
-from turn_taking import Turns  # noqa: E402
+from turn_taking import Turns, share_one_malloc_arena  # noqa: E402
 
 from core.detect import SCORES, roc_auc, tpr_at_fpr  # noqa: E402
 from core.guard import STRATEGIES, GuardConfig  # noqa: E402
@@ -276,9 +276,10 @@ def timing(tb, tests, kind, plain, guarded, args) -> dict:
              f"mitigate {default_name} (non-memorized)": (nonmem, guarded(default)),
              "plain again (non-memorized): the noise floor": (nonmem, plain)}
     replays = 4 * args.timing_repeats + 1
+    arena = "one malloc arena" if share_one_malloc_arena() else "a malloc arena per thread (not glibc)"
     print(f"\nwall time, same seeds, plain and guarded in turns one model call at a time, batches of "
-          f"{args.chunk}, {args.timing_repeats} repeats (threads={args.threads}); the guard's own work: "
-          f"best of {replays} replays of the recorded predictions", flush=True)
+          f"{args.chunk}, {args.timing_repeats} repeats (threads={args.threads}, {arena}); the guard's own "
+          f"work: best of {replays} replays of the recorded predictions", flush=True)
     out = {}
     for label, (jobs, fn) in pairs.items():
         tp = tg = guard_work = 0.0

@@ -3,17 +3,38 @@ the harness behind bench_core.py's wall-time ratios. Imports nothing of the pack
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
 import threading
 import time
 
 import torch
 
 
+M_ARENA_MAX = -8          # glibc's mallopt parameter number
+
+
+def share_one_malloc_arena() -> bool:
+    """Make every thread allocate from one glibc malloc arena, as a single sampling thread does.
+
+    glibc gives each new thread an arena of its own, and the two sides of a Turns run are two
+    threads; with their own arenas the plain loop against itself read 1.065 on one batch of 66 (one
+    side slower in each of 6 repeats), and 0.997 to 1.008 in one arena. Call it before the threads
+    start. False where the C library is not glibc: the ratios then carry that bias."""
+    name = ctypes.util.find_library("c")
+    try:
+        libc = ctypes.CDLL(name) if name else None
+        return bool(libc is not None and libc.mallopt(M_ARENA_MAX, 1))
+    except (OSError, AttributeError):
+        return False
+
+
 class Turns:
     """Two sampling loops run in turns, one model call at a time: each runs in its own thread and
     hands a baton to the other before each model call, and the wall time each holds the baton is
     added up. Whatever slows this shared VM for more than a step (about half a second) slows both
-    sides alike, which alternating whole runs cannot promise."""
+    sides alike, which alternating whole runs cannot promise. Both threads allocate from one malloc
+    arena (share_one_malloc_arena), as one sampling thread would."""
 
     def __init__(self, names, first):
         self.cv = threading.Condition()
@@ -46,6 +67,7 @@ class Turns:
     def run(self, sides: dict, threads: int) -> dict:
         """sides: name -> (sample(pair, x), pair, x); runs them in turns, returns name -> seconds held."""
         errors = []
+        self.one_arena = share_one_malloc_arena()
 
         def body(me, sample, pair, x):
             torch.set_num_threads(threads)          # per thread, as the main thread has it
