@@ -233,7 +233,7 @@ class StabilityGuard:
     # -- heatmap -------------------------------------------------------------------------------
     def _accumulate_heat(self, step, x_prev, x_next, update_norm, out):
         hi = self.region.band("update", step, self.config.detection.gamma)[1]
-        energy = update_energy_map(x_prev, x_next, self.sigmas[step], self.sigmas[step + 1])
+        energy = update_energy_map(x_prev, x_next, self.sigmas[step], self.sigmas[step + 1], self._scratch)
         mask = out.to(energy.device).view(-1, *([1] * (energy.ndim - 1)))
         contrib = heatmap.excess_share(energy, update_norm, hi) * mask
         self.heat = contrib if self.heat is None else self.heat + contrib

@@ -78,7 +78,10 @@ def measure_step(x_prev: torch.Tensor, x_next: torch.Tensor, sigma_prev: float, 
     return StepMeasures(latent, update, clean, gap.float())
 
 
-def update_energy_map(x_prev: torch.Tensor, x_next: torch.Tensor, sigma_prev: float, sigma_next: float) -> torch.Tensor:
-    """Per-location squared update summed over channels: [B, *spatial] (the heatmaps' raw material)."""
-    dz = to_vp(x_next, sigma_next) - to_vp(x_prev, sigma_prev)
-    return dz.pow(2).sum(dim=1)
+def update_energy_map(x_prev: torch.Tensor, x_next: torch.Tensor, sigma_prev: float, sigma_next: float,
+                      scratch: torch.Tensor | None = None) -> torch.Tensor:
+    """Per-location squared update summed over channels: [B, *spatial] (the heatmaps' raw material).
+    With `scratch` (from scratch_for) the update is formed in it, as in measure_step, to the bit."""
+    buf = scratch_for(x_next, scratch)
+    dz = to_vp(x_next, sigma_next, out=buf[1]).sub_(to_vp(x_prev, sigma_prev, out=buf[0]))
+    return dz.square_().sum(dim=1)

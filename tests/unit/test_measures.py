@@ -68,3 +68,5 @@ def test_reused_working_memory_gives_the_textbook_values_to_the_bit(dtype):
         assert torch.equal(m.update, item_norm(to_vp(x1, 1.7) - to_vp(x0, 2.5)))
         assert torch.equal(m.clean, item_norm(d))
         assert torch.equal(gap, item_norm(u.float() - c.float()) / 1.7)
+        energy = update_energy_map(x0, x1, 2.5, 1.7, scratch)
+        assert torch.equal(energy, (to_vp(x1, 1.7) - to_vp(x0, 2.5)).pow(2).sum(dim=1))
