@@ -10,7 +10,6 @@ import time
 
 import torch
 
-
 M_ARENA_MAX = -8          # glibc's mallopt parameter number
 
 
