@@ -2,7 +2,11 @@
 (as bench_core.py's timing), each side charged its wall time, thread CPU time (user, system) and
 minor page faults while it holds its turn. The first 66 non-memorized generations of the test split.
 
-    python scripts/bench_page_faults.py [--repeats 2]
+    python scripts/bench_page_faults.py [--repeats 2] [--against detect|plain] [--arena-per-thread]
+
+`--against plain` puts the plain loop on both sides (what two identical sides read), and
+`--arena-per-thread` leaves each side's thread its own glibc malloc arena, as the harness did before
+it shared one: together they show the bias that sharing removed.
 
 Linux only (getrusage per thread). A diagnostic: it prints measurements, it checks nothing."""
 
@@ -29,8 +33,8 @@ from core.testbed import load_testbed  # noqa: E402
 class CountedTurns(Turns):
     """Turns that also add up each side's thread CPU time and minor page faults while it holds its turn."""
 
-    def __init__(self, names, first):
-        super().__init__(names, first)
+    def __init__(self, names, first, one_arena):
+        super().__init__(names, first, one_arena)
         self.usage = {n: [0.0, 0.0, 0] for n in names}     # user s, system s, minor faults
         self._at = None
 
@@ -49,6 +53,8 @@ class CountedTurns(Turns):
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--repeats", type=int, default=2, help="even: the side that starts swaps every repeat")
+    ap.add_argument("--against", choices=("detect", "plain"), default="detect", help="the second side's loop")
+    ap.add_argument("--arena-per-thread", action="store_true", help="do not share one malloc arena")
     args = ap.parse_args()
     if args.repeats < 2 or args.repeats % 2:
         ap.error("--repeats must be even and at least 2")
@@ -61,23 +67,31 @@ def main() -> None:
     def start(noise):
         return start_latent(noise, sigmas, tb.schedule.sigma_max)
 
-    region = bc.calibrate_region(tb, calib, start, sigmas, settings, 66)
+    region = bc.calibrate_region(tb, calib, start, sigmas, settings, 66) if args.against == "detect" else None
     jobs = (novel + control)[:66]
     pair, noise = tb.pair([c for c, _ in jobs]), tb.noise([s for _, s in jobs])
-    sides = {"plain": (lambda p, x: plain_sample(p, start(x), sigmas, bc.CFG, bc.SAMPLER), pair, noise),
-             "detect": (lambda p, x: guarded_sample(p, start(x), sigmas, settings, bc.CFG, region=region,
-                                                    config=GuardConfig(mode="detect")), pair, noise)}
+    def plain(p, x):
+        return plain_sample(p, start(x), sigmas, bc.CFG, bc.SAMPLER)
+
+    def detect(p, x):
+        return guarded_sample(p, start(x), sigmas, settings, bc.CFG, region=region, config=GuardConfig(mode="detect"))
+
+    other = f"{args.against} again" if args.against == "plain" else args.against
+    sides = {"plain": (plain, pair, noise), other: (detect if args.against == "detect" else plain, pair, noise)}
+    arena = "a malloc arena per thread" if args.arena_per_thread else "one malloc arena"
+    print(f"{len(jobs)} non-memorized generations, {args.repeats} repeats, turns harness, one thread, {arena}")
     total = {n: [0.0, 0.0, 0.0, 0] for n in sides}
     for r in range(args.repeats):
-        turns = CountedTurns(tuple(sides), first="plain" if r % 2 == 0 else "detect")
+        turns = CountedTurns(tuple(sides), "plain" if r % 2 == 0 else other, not args.arena_per_thread)
         spent = turns.run(sides, 1)
         for n in sides:
             total[n] = [a + b for a, b in zip(total[n], [spent[n], *turns.usage[n]])]
-    print(f"{len(jobs)} non-memorized generations, {args.repeats} repeats, turns harness, one thread")
+        print(f"  repeat {r} ({'plain' if r % 2 == 0 else other} first): {other} / plain wall "
+              f"{spent[other] / spent['plain']:.4f}", flush=True)
     for n, (wall, user, system, faults) in total.items():
-        print(f"  {n:7s}: wall {wall:.2f}s, user {user:.2f}s, system {system:.2f}s, minor page faults {faults:,}")
-    p, d = total["plain"], total["detect"]
-    print(f"  detect / plain: wall {d[0] / p[0]:.4f}, user {d[1] / p[1]:.4f}, system {d[2] / p[2]:.4f}, "
+        print(f"  {n:11s}: wall {wall:.2f}s, user {user:.2f}s, system {system:.2f}s, minor page faults {faults:,}")
+    p, d = total["plain"], total[other]
+    print(f"  {other} / plain: wall {d[0] / p[0]:.4f}, user {d[1] / p[1]:.4f}, system {d[2] / p[2]:.4f}, "
           f"faults {d[3] / p[3]:.4f}")
 
 

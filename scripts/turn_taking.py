@@ -17,8 +17,9 @@ def share_one_malloc_arena() -> bool:
     """Make every thread allocate from one glibc malloc arena, as a single sampling thread does.
 
     glibc gives each new thread an arena of its own, and the two sides of a Turns run are two
-    threads; with their own arenas the plain loop against itself read 1.065 on one batch of 66 (one
-    side slower in each of 6 repeats), and 0.997 to 1.008 in one arena. Call it before the threads
+    threads; with their own arenas the plain loop against itself read 1.055 on one batch of 66 (the
+    second side slower in each of 6 repeats, with 4 times the page faults), and 0.994 in one arena
+    (`python scripts/bench_page_faults.py --against plain [--arena-per-thread]`). Call it before the threads
     start. False where the C library is not glibc: the ratios then carry that bias."""
     name = ctypes.util.find_library("c")
     try:
@@ -33,10 +34,12 @@ class Turns:
     hands a baton to the other before each model call, and the wall time each holds the baton is
     added up. Whatever slows this shared VM for more than a step (about half a second) slows both
     sides alike, which alternating whole runs cannot promise. Both threads allocate from one malloc
-    arena (share_one_malloc_arena), as one sampling thread would."""
+    arena (share_one_malloc_arena), as one sampling thread would, unless `one_arena` is False (only
+    to show the bias that fixes)."""
 
-    def __init__(self, names, first):
+    def __init__(self, names, first, one_arena: bool = True):
         self.cv = threading.Condition()
+        self.one_arena = one_arena
         self.turn, self.live = first, set(names)
         self.spent, self.since = dict.fromkeys(names, 0.0), 0.0
 
@@ -66,7 +69,8 @@ class Turns:
     def run(self, sides: dict, threads: int) -> dict:
         """sides: name -> (sample(pair, x), pair, x); runs them in turns, returns name -> seconds held."""
         errors = []
-        self.one_arena = share_one_malloc_arena()
+        if self.one_arena:
+            share_one_malloc_arena()
 
         def body(me, sample, pair, x):
             torch.set_num_threads(threads)          # per thread, as the main thread has it
