@@ -1,4 +1,4 @@
-"""scripts/turn_taking.py's Turns: the harness behind the benchmark's wall-time ratios. Two sampling
+"""bench/turn_taking.py's Turns: the harness behind the benchmark's wall-time ratios. Two sampling
 loops must take strict turns, one model call each, and each must be charged only its own time."""
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "scripts"))
+sys.path.insert(0, str(ROOT / "bench"))
 from turn_taking import Turns  # noqa: E402
 
 

@@ -1,7 +1,12 @@
-"""Train the memorizing testbed model (seeded and deterministic; about 26 minutes on one CPU core of this project's VM).
+"""Train a memorizing testbed model (seeded and deterministic; about 26 minutes on one CPU core of this project's VM).
 
-    python scripts/train_testbed.py --out core/testbed/weights/testbed.safetensors
-    python scripts/train_testbed.py --out runs/retrained.safetensors --check-against core/testbed/weights/testbed.safetensors
+    python bench/train_testbed.py --out core/testbed/weights/testbed.safetensors
+    python bench/train_testbed.py --out runs/retrained.safetensors --check-against core/testbed/weights/testbed.safetensors
+    python bench/train_testbed.py --family graded --recipe-seed 11 --out bench/testbeds/weights/graded_a.safetensors
+
+`--family demo` (the default) is the demo testbed the pack embeds (core/testbed/dataset.py);
+`--family graded` is a model of the graded family (bench/testbeds/graded.py), whose items the
+recipe seed draws.
 
 Epsilon prediction on SD's discrete schedule, condition dropout for classifier-free guidance
 (on the general, never-duplicated samples only, so the unconditional model sees the memorized
@@ -25,9 +30,10 @@ from safetensors.torch import load_file, save_file
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repo root, for `core`
 
+from bench.testbeds import graded  # noqa: E402
 from core.schedule import DiscreteSchedule  # noqa: E402
 from core.testbed import dataset, latent  # noqa: E402
-from core.testbed.dataset import TrainingStream, vocabulary  # noqa: E402
+from core.testbed.dataset import TrainingStream  # noqa: E402
 from core.testbed.model import TestbedConfig, TestbedUNet, TextEncoder  # noqa: E402
 from core.testbed.text import tokenize  # noqa: E402
 
@@ -46,6 +52,11 @@ def main() -> None:
     ap.add_argument("--channels", default=",".join(map(str, TestbedConfig.channels)), help="UNet channels per level")
     ap.add_argument("--seed", type=int, default=1)
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--family", choices=("demo", graded.FAMILY), default="demo")
+    ap.add_argument("--recipe-seed", type=int, default=11, help="graded family: the seed that draws its items")
+    ap.add_argument("--dose-scale", type=float, default=1.0, help="graded family: every item's dose times this")
+    ap.add_argument("--two-object-share", type=float, default=graded.TWO_OBJECT_SHARE,
+                    help="graded family: share of the general samples with two objects")
     ap.add_argument("--check-against", type=Path, help="after training, compare the weights with this file's")
     args = ap.parse_args()
     if args.check_against and not args.check_against.is_file():
@@ -53,7 +64,11 @@ def main() -> None:
 
     torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
-    vocab = vocabulary()
+    if args.family == graded.FAMILY:
+        recipe = graded.make_recipe(args.recipe_seed, args.dose_scale, args.two_object_share)
+        vocab, data, stream = graded.vocabulary(), recipe, graded.GradedStream(recipe, args.seed, args.batch)
+    else:
+        vocab, data, stream = dataset.vocabulary(), dataset.data_recipe(), TrainingStream(args.seed, args.batch)
     cfg = TestbedConfig(vocab_size=len(vocab), channels=tuple(int(c) for c in args.channels.split(",")))
     unet, text = TestbedUNet(cfg), TextEncoder(cfg)
     params = list(unet.parameters()) + list(text.parameters())
@@ -62,7 +77,6 @@ def main() -> None:
     sched = torch.optim.lr_scheduler.LambdaLR(
         opt, lambda s: min(1.0, (s + 1) / args.warmup) * max(0.0, 1.0 - s / args.steps))
     alphas_cumprod = DiscreteSchedule().alphas_cumprod
-    stream = TrainingStream(args.seed, args.batch)
     g = torch.Generator().manual_seed(args.seed + 7)
 
     start, running = time.time(), 0.0
@@ -103,7 +117,7 @@ def main() -> None:
         "training": json.dumps({k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items() if k != "out"}
                                | {"seconds": round(time.time() - start), "torch": torch.__version__}),
         # the data recipe, so a model can be matched to the dataset code that made it
-        "data": json.dumps(dataset.data_recipe()),
+        "data": json.dumps(data),
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)
     save_file(tensors, str(args.out), metadata=meta)

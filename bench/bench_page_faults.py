@@ -2,7 +2,7 @@
 (as bench_core.py's timing), each side charged its wall time, thread CPU time (user, system) and
 minor page faults while it holds its turn. The first 66 non-memorized generations of the test split.
 
-    python scripts/bench_page_faults.py [--repeats 2] [--against detect|plain] [--arena-per-thread]
+    python bench/bench_page_faults.py [--repeats 2] [--against detect|plain] [--arena-per-thread]
 
 `--against plain` puts the plain loop on both sides (what two identical sides read), and
 `--arena-per-thread` leaves each side's thread its own glibc malloc arena, as the harness did before

@@ -1,6 +1,6 @@
 """How the detection and mitigation defaults were chosen (docs/testbed.md), reproducibly.
 
-    python scripts/choose_defaults.py [--split validation]
+    python bench/choose_defaults.py [--split validation]
 
 On one benchmark split (calibration as in bench_core.py) it prints, for the ordinary (novel and
 control) generations: how many each tau_mild in a grid would flag, given the flag rule (both

@@ -1,6 +1,6 @@
 """Benchmark of the core engine on the memorizing testbed (issue: core engine).
 
-    python scripts/bench_core.py [--out bench_out/core] [--split test] [--seeds-per-memorized 12] [--timing-only]
+    python bench/bench_core.py [--out bench_out/core] [--split test] [--seeds-per-memorized 12] [--timing-only]
 
 Calibrates on 50 ordinary prompts x 2 seeds, then samples memorized, novel and control
 generations (disjoint from calibration) plainly, with detection, and with each mitigation, and

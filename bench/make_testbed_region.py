@@ -1,9 +1,9 @@
 """Calibrate the stability region shipped with the testbed (used by the zero-download demo).
 
-    python scripts/make_testbed_region.py
+    python bench/make_testbed_region.py
 
 Settings: euler (ComfyUI's "ddim" is the same arithmetic), normal scheduler, 50 steps, cfg 7.5,
-16x16 latents; 50 ordinary testbed prompts x 2 seeds, the calibration set of scripts/bench_core.py.
+16x16 latents; 50 ordinary testbed prompts x 2 seeds, the calibration set of bench/bench_core.py.
 """
 
 from __future__ import annotations

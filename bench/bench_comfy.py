@@ -1,7 +1,7 @@
 """Wall-time overhead of the guard inside ComfyUI: guarded / stock KSampler on the same workflow,
 in the same run, on the tiny SD1.x checkpoint the tests build (detect and mitigate modes).
 
-    .venv/bin/python scripts/bench_comfy.py [--steps 20] [--repeats 5]
+    .venv/bin/python bench/bench_comfy.py [--steps 20] [--repeats 5]
 
 Stock and guarded runs alternate and each figure is the median of the repeats. Mitigate mode uses
 a stability region calibrated here for the same settings, so the guard really scores every step

@@ -19,7 +19,7 @@ def share_one_malloc_arena() -> bool:
     glibc gives each new thread an arena of its own, and the two sides of a Turns run are two
     threads; with their own arenas the plain loop against itself read 1.055 on one batch of 66 (the
     second side slower in each of 6 repeats, with 4 times the page faults), and 0.994 in one arena
-    (`python scripts/bench_page_faults.py --against plain [--arena-per-thread]`). Call it before the threads
+    (`python bench/bench_page_faults.py --against plain [--arena-per-thread]`). Call it before the threads
     start. False where the C library is not glibc: the ratios then carry that bias."""
     name = ctypes.util.find_library("c")
     try:
