@@ -1,11 +1,11 @@
-"""Detection: per-step flags and per-item scores from z-scores against a stability region.
+"""Detection: per-step band marks, the verdict's settings, and ROC helpers.
 
-A step is out of the band when |s_update| > tau_mild and |s_clean| > tau_mild; the first such
-step flags the item, strongly if |s_clean| > tau_strong there. Scores rank items for ROC curves by
-the same per-step measure the flag uses, min(|s_update|, |s_clean|): its largest value over all
-steps, over the first steps only, or its mean. (The paper ranks by |s_update| alone; on the testbed
-a novel generation whose step-0 update spiked while its clean prediction stayed in the band then
-outranked copies.)
+A step is out of the band when |s_update| > tau_mild and |s_clean| > tau_mild (the heatmap and
+the curves show these steps). The verdict is the accumulated evidence of core/evidence.py against
+a threshold set by `false_flag_rate` on the region's calibration trajectories. A region without
+them (saved by version 0.1 of the pack) falls back to the band rule: the first out-of-band step
+flags the item, and scores are min(|s_update|, |s_clean|) over the first steps, all steps, or
+their mean (`legacy_scores`).
 """
 
 from __future__ import annotations
@@ -24,12 +24,13 @@ SEVERITY_NAMES = {NONE: "none", MILD: "mild", STRONG: "strong"}
 @dataclass(frozen=True)
 class DetectionConfig:
     gamma: float = 3.0              # band half-width in spreads (mitigation clamps to it)
-    tau_mild: float = 4.5           # z above which a step is out of the band (the paper: 3; 4.5 chosen
-                                    # on the testbed's validation split, docs/testbed.md)
+    tau_mild: float = 4.5           # z above which a step is out of the band (the paper: 3); with a
+                                    # region of version 0.1, also the verdict's threshold
     tau_strong: float = 14.0        # clean-prediction z that makes a flag strong
     active_fraction: float = 0.2    # mild flags act only in the first 20 % of steps (10 of 50)
     first_fraction: float = 0.1     # the "first" score looks at the first 10 % of steps
-    score: str = "first"            # the score the verdict and the nodes report by default
+    score: str = "first"            # the score the nodes report by default
+    false_flag_rate: float = 0.001  # the verdict flags this share of ordinary trajectories
 
     def __post_init__(self):
         if self.score not in SCORES:
@@ -39,6 +40,8 @@ class DetectionConfig:
                 raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
         if self.tau_strong < self.tau_mild:
             raise ValueError(f"tau_strong ({self.tau_strong}) must not be below tau_mild ({self.tau_mild})")
+        if not 0.0 < self.false_flag_rate < 0.5:
+            raise ValueError(f"false_flag_rate must be in (0, 0.5), got {self.false_flag_rate}")
         for name in ("active_fraction", "first_fraction"):
             if not 0.0 < getattr(self, name) <= 1.0:
                 raise ValueError(f"{name} must be in (0, 1], got {getattr(self, name)}")
@@ -60,9 +63,13 @@ def step_excess(z_update: torch.Tensor, z_clean: torch.Tensor) -> torch.Tensor:
     return torch.minimum(z_update.abs(), z_clean.abs())
 
 
-def scores(z_update: torch.Tensor, z_clean: torch.Tensor, cfg: DetectionConfig, steps: int) -> dict[str, torch.Tensor]:
-    """Per-item scores from the z histories [n_observed, B]; NaN where nothing was observed."""
-    a = step_excess(z_update, z_clean).float()
+def legacy_scores(z_update: torch.Tensor, z_clean: torch.Tensor, cfg: DetectionConfig, steps: int) -> dict[str, torch.Tensor]:
+    """Per-item scores of the band rule from the z histories [n_observed, B]; NaN where nothing was observed."""
+    return window_scores(step_excess(z_update, z_clean).float(), cfg, steps)
+
+
+def window_scores(a: torch.Tensor, cfg: DetectionConfig, steps: int) -> dict[str, torch.Tensor]:
+    """"max", "first" (first_fraction of the steps) and "mean" of a per-step statistic [n_observed, B]."""
     if a.shape[0] == 0:
         nan = torch.full((a.shape[1],), float("nan"))
         return {name: nan.clone() for name in SCORES}

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field, replace
 
 import torch
 
-from . import detect, heatmap, mitigate
+from . import detect, evidence, heatmap, mitigate
 from .detect import MILD, NONE, STRONG, DetectionConfig
 from .measures import QUANTITIES, guidance_gap, measure_step, scratch_for, update_energy_map
 from .region import StabilityRegion
@@ -29,6 +29,7 @@ MODES = ("detect", "mitigate")
 STRATEGIES = ("unconditional", "orthogonal", "delayed_guidance", "stability")
 GUIDANCE_STRATEGIES = ("orthogonal", "delayed_guidance", "unconditional")
 _Q = {name: i for i, name in enumerate(QUANTITIES)}
+MIN_NULL_RUNS = 20   # calibration runs below which a false-flag rate cannot be estimated
 
 
 @dataclass(frozen=True)
@@ -100,6 +101,17 @@ class StabilityGuard:
         self.notes: list[str] = []
         self.k_active = config.detection.active_window(self.steps)
         self._scratch: torch.Tensor | None = None      # the measures' working memory, kept across steps
+        self.evidence = torch.full((n, batch), float("nan"))   # S_j, the verdict's statistic (core/evidence.py)
+        self.null, self.threshold, self._path = None, float("nan"), None
+        runs = 0 if region is None or region.trajectories is None else region.trajectories.shape[0]
+        if runs >= MIN_NULL_RUNS:
+            self.null = evidence.null_from_trajectories(region.trajectories, self.k_active)
+            self.threshold = self.null.tail.threshold(config.detection.false_flag_rate)
+            self._path = evidence.EvidencePath(self.null, batch)
+        elif region is not None:
+            self.notes.append(f"the region keeps {runs} calibration trajectories (a false-flag rate needs "
+                              f"{MIN_NULL_RUNS}; regions saved by version 0.1 keep none): the verdict uses the band "
+                              f"rule with tau_mild {config.detection.tau_mild}. Recalibrate to flag by false-flag rate.")
 
     # -- guidance ------------------------------------------------------------------------------
     @property
@@ -162,12 +174,18 @@ class StabilityGuard:
         out = detect.out_of_band(z[_Q["update"]], z[_Q["clean"]], cfg.tau_mild) & valid
         strong_now = z[_Q["clean"]].abs() > cfg.tau_strong
         self.flags[step] = torch.where(out, torch.where(strong_now, STRONG, MILD), NONE).to(torch.int8)
-        first = out & (self.first_flag < 0)
+        if self._path is not None:   # the verdict: accumulated evidence past the false-flag threshold
+            s_now = self._path.push(z)
+            self.evidence[step] = s_now.float()
+            trigger = (s_now > self.threshold) & valid & (step < self.k_active)
+        else:                        # a region without calibration trajectories: the band rule
+            trigger = out
+        first = trigger & (self.first_flag < 0)
         self.first_flag[first] = step
         self.severity[first] = torch.where(strong_now[first], STRONG, MILD).to(torch.int8)
         flagged = self.first_flag >= 0
         over = z[_Q["update"]].abs() > cfg.tau_mild
-        active = flagged & valid & over & ((self.severity == STRONG) | (step < self.k_active))
+        active = flagged & valid & (over | first) & ((self.severity == STRONG) | (step < self.k_active))
         self.active[step] = active
         if bool(out.any()):
             self._accumulate_heat(step, x_prev, x_next, m.update, out)
@@ -247,7 +265,17 @@ class StabilityGuard:
     # -- results -------------------------------------------------------------------------------
     def scores(self) -> dict[str, torch.Tensor]:
         n = self.observed
-        return detect.scores(self.z[:n, _Q["update"]], self.z[:n, _Q["clean"]], self.config.detection, self.steps)
+        if self.null is not None:
+            return detect.window_scores(self.evidence[:n], self.config.detection, self.steps)
+        return detect.legacy_scores(self.z[:n, _Q["update"]], self.z[:n, _Q["clean"]], self.config.detection, self.steps)
+
+    def rarity(self) -> list[float | None]:
+        """Per item, the share of ordinary trajectories whose evidence in the verdict window
+        reaches this item's (None without calibration trajectories)."""
+        if self.null is None or self.observed == 0:
+            return [None] * self.batch
+        top = self.evidence[:min(self.observed, self.k_active)].max(dim=0).values
+        return [finite_or_none(self.null.tail.rate(float(v))) for v in top]
 
     def flagged(self) -> torch.Tensor:
         """[B] bool: the item had an active step (what mitigation acts on)."""
@@ -274,6 +302,7 @@ class StabilityGuard:
     def report(self) -> RunReport:
         sc = self.scores()
         verdicts = self.verdicts()
+        rarity = self.rarity()
         items = []
         n = self.observed
         for i in range(self.batch):
@@ -290,6 +319,8 @@ class StabilityGuard:
                 corrected_steps=self.corrected[:n, i].nonzero().flatten().tolist(),
                 steered_steps=self.steered_steps[:n, i].nonzero().flatten().tolist(),
                 non_finite_step=int(self.non_finite[i]) if self.non_finite[i] >= 0 else None,
+                evidence=[finite_or_none(v) for v in self.evidence[:n, i]],
+                ordinary_rate=rarity[i],
             ))
         region = None
         if self.region is not None:
@@ -297,10 +328,20 @@ class StabilityGuard:
             region = {"settings": self.region.settings.to_dict(), "gamma": g, "meta": self.region.meta,
                       "band": {q: {"low": [finite_or_none(v) for v in (self.region.mean[j] - g * self.region.std[j])],
                                    "high": [finite_or_none(v) for v in (self.region.mean[j] + g * self.region.std[j])]}
-                               for q, j in _Q.items()}}
+                               for q, j in _Q.items()},
+                      "verdict": self.verdict_rule()}
         return RunReport(settings=self.settings.to_dict(), config=_config_dict(self.config), sigmas=self.sigmas,
                          steps_observed=n, region=region, items=items, extra_model_calls=self.extra_evals,
                          notes=list(self.notes))
+
+
+    def verdict_rule(self) -> dict:
+        d = self.config.detection
+        if self.null is None:
+            return {"rule": "band", "tau_mild": d.tau_mild, "window": None}
+        return {"rule": "evidence", "false_flag_rate": d.false_flag_rate, "threshold": finite_or_none(self.threshold),
+                "window": self.k_active, "calibration_runs": self.null.tail.samples,
+                "weights": dict(evidence.EVIDENCE_WEIGHTS)}
 
 
 def finite_or_none(v) -> float | None:

@@ -1,8 +1,11 @@
 """Empirical stability regions: per-step mean and spread of each measured quantity.
 
 A region is built from calibration trajectories on ordinary prompts with streaming statistics
-(Chan et al.'s parallel mean/variance merge), so hundreds of runs never sit in memory. The band
-of quantity k at step j is [mu_k(j) - gamma * sd_k(j), mu_k(j) + gamma * sd_k(j)].
+(Chan et al.'s parallel mean/variance merge). The band of quantity k at step j is
+[mu_k(j) - gamma * sd_k(j), mu_k(j) + gamma * sd_k(j)]. The region also keeps the calibration
+trajectories' measurements themselves (a few numbers per step each: 120 runs of 50 steps are
+96 KB), because a false-flag rate is a property of whole trajectories, not of per-step bands
+(core/null.py).
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ class StabilityRegion:
     std: torch.Tensor       # [Q, N] float32, floored
     count: torch.Tensor     # [Q, N] int64: trajectories behind each statistic
     meta: dict = field(default_factory=dict)
+    trajectories: torch.Tensor | None = None   # [R, N, Q] float32, the calibration runs (None: not kept)
 
     @property
     def steps(self) -> int:
@@ -67,6 +71,7 @@ class RegionBuilder:
         self.mu = torch.zeros(q, n, dtype=torch.float64)
         self.m2 = torch.zeros(q, n, dtype=torch.float64)
         self.runs = 0
+        self._kept: list[torch.Tensor] = []   # whole trajectories added with add_run, [B, N, Q] each
 
     def add(self, step: int, values: torch.Tensor) -> None:
         """Merge a batch of measurements [Q, B] at `step`; non-finite entries are skipped."""
@@ -91,6 +96,8 @@ class RegionBuilder:
         for step in range(values.shape[0]):
             self.add(step, values[step])
         self.runs += values.shape[2]
+        if values.shape[0] == self.settings.steps:
+            self._kept.append(values.detach().float().cpu().permute(2, 0, 1).contiguous())
 
     def build(self, meta: dict | None = None) -> StabilityRegion:
         if self.runs == 0 and float(self.n.max()) == 0:
@@ -100,4 +107,5 @@ class RegionBuilder:
         std = var.sqrt().clamp(min=SD_FLOOR_ABS)
         std = torch.maximum(std, SD_FLOOR_REL * mean.abs().nan_to_num(0.0))
         std = torch.where(self.n > 0, std, torch.full_like(std, float("nan")))
-        return StabilityRegion(self.settings, mean.float(), std.float(), self.n.long(), dict(meta or {}))
+        kept = torch.cat(self._kept) if self._kept else None
+        return StabilityRegion(self.settings, mean.float(), std.float(), self.n.long(), dict(meta or {}), kept)

@@ -20,7 +20,7 @@ from .region import StabilityRegion
 from .settings import RunSettings
 
 FORMAT = "memguard-stability-region"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2          # 2 adds the calibration trajectories; 1 files still load
 EXTENSION = ".safetensors"
 
 
@@ -35,6 +35,8 @@ def save_region(region: StabilityRegion, path: str | os.PathLike) -> Path:
         raise RegionFileError(f"refusing to save an invalid stability region to {path}: {'; '.join(problems)}")
     tensors = {"mean": region.mean.float().cpu().contiguous(), "std": region.std.float().cpu().contiguous(),
                "count": region.count.long().cpu().contiguous()}
+    if region.trajectories is not None:
+        tensors["trajectories"] = region.trajectories.float().cpu().contiguous()
     metadata = {"format": FORMAT, "format_version": str(FORMAT_VERSION),
                 "quantities": json.dumps(list(QUANTITIES)), "settings": json.dumps(region.settings.to_dict()),
                 "meta": json.dumps(region.meta)}
@@ -91,7 +93,9 @@ def load_region(path: str | os.PathLike) -> StabilityRegion:
     missing = [k for k in ("mean", "std", "count") if k not in tensors]
     if missing:
         raise fail(f"tensors missing: {', '.join(missing)}")
-    region = StabilityRegion(settings, tensors["mean"].float(), tensors["std"].float(), tensors["count"].long(), meta)
+    kept = tensors.get("trajectories") if version >= 2 else None
+    region = StabilityRegion(settings, tensors["mean"].float(), tensors["std"].float(), tensors["count"].long(), meta,
+                             None if kept is None else kept.float())
     problems = validate(region)
     if problems:
         raise fail("; ".join(problems))
@@ -117,6 +121,9 @@ def validate(region: StabilityRegion) -> list[str]:
         t = getattr(region, name)
         if tuple(t.shape) != (q, n):
             out.append(f"{name} has shape {tuple(t.shape)}, expected ({q}, {n}) for {n} steps")
+    t = region.trajectories
+    if t is not None and (t.ndim != 3 or tuple(t.shape[1:]) != (n, q)):
+        out.append(f"trajectories have shape {tuple(t.shape)}, expected (runs, {n}, {q})")
     if out:
         return out
     have = region.count > 0

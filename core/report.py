@@ -15,7 +15,7 @@ class ItemReport:
     flagged: bool
     severity: str                     # "none" | "mild" | "strong" (at the first flagged step)
     first_flagged_step: int | None
-    scores: dict[str, float | None]   # "max", "first", "mean" of min(|z_update|, |z_clean|)
+    scores: dict[str, float | None]   # "max", "first", "mean" of the verdict's evidence (core/evidence.py)
     norms: dict[str, list]            # quantity -> per-step value (None where not finite)
     zscores: dict[str, list]          # quantity -> per-step signed z (None without a region)
     step_flags: list[int]             # per step: 0 in band, 1 mild, 2 strong
@@ -23,6 +23,8 @@ class ItemReport:
     corrected_steps: list[int]
     steered_steps: list[int]          # steps whose guidance the guard changed (guidance strategies)
     non_finite_step: int | None = None
+    evidence: list = field(default_factory=list)   # per step: the verdict's statistic S_j (None: band rule)
+    ordinary_rate: float | None = None    # share of ordinary trajectories with at least this item's evidence
 
 
 @dataclass

@@ -52,12 +52,18 @@ def guard_inputs() -> list[io.Input]:
                        tooltip="Guidance scale a flagged image gets while its guidance is off (unconditional, "
                                "delayed_guidance). 0 is the unconditional model, which can draw a memorized image "
                                "itself; below 0 also pushes away from where the prompt pulls."),
+        io.Float.Input("false_flag_rate", default=_D.false_flag_rate, min=0.00001, max=0.2, step=0.0001,
+                       round=0.00001, **advanced(io.Float),
+                       tooltip="The share of ordinary images the verdict may flag: 0.001 flags about 1 in 1,000 "
+                               "trajectories like the calibration's. Lower catches fewer copies. Needs a calibration "
+                               "made by this version (older ones fall back to tau_mild)."),
     ]
 
 
 def guard_config(mode: str, strategy: str = _G.strategy, exact: bool = _G.exact, tau_mild: float = _D.tau_mild,
                  tau_strong: float = _D.tau_strong, gamma: float = _D.gamma,
-                 active_fraction: float = _D.active_fraction, off_scale: float = _G.off_scale) -> GuardConfig:
+                 active_fraction: float = _D.active_fraction, off_scale: float = _G.off_scale,
+                 false_flag_rate: float = _D.false_flag_rate) -> GuardConfig:
     detection = DetectionConfig(gamma=gamma, tau_mild=tau_mild, tau_strong=max(tau_strong, tau_mild),
-                                active_fraction=active_fraction)
+                                active_fraction=active_fraction, false_flag_rate=false_flag_rate)
     return GuardConfig(mode=mode, strategy=strategy, exact=exact, off_scale=off_scale, detection=detection)

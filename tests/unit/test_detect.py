@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from memguard.core.detect import DetectionConfig, out_of_band, roc_auc, scores, tpr_at_fpr
+from memguard.core.detect import DetectionConfig, legacy_scores, out_of_band, roc_auc, tpr_at_fpr
 
 
 def test_out_of_band_needs_both_quantities():
@@ -15,7 +15,7 @@ def test_scores_windows():
     z = torch.zeros(10, 2)
     z[1, 0] = -8.0     # early overshoot (sign does not matter)
     z[9, 1] = 6.0      # late excursion only
-    s = scores(z, torch.full_like(z, 99.0), cfg, steps=10)   # clean z large: update decides
+    s = legacy_scores(z, torch.full_like(z, 99.0), cfg, steps=10)   # clean z large: update decides
     assert s["max"].tolist() == [8.0, 6.0]
     assert s["first"].tolist() == [8.0, 0.0]
     assert s["mean"].tolist() == pytest.approx([0.8, 0.6])
@@ -26,7 +26,7 @@ def test_scores_need_both_norms_out_of_band():
     # item 1: both leave the band, by 9 and 7: the score is the smaller excess
     zu = torch.tensor([[12.0, 9.0], [0.0, 8.0]])
     zc = torch.tensor([[0.5, -7.0], [0.0, 8.5]])
-    s = scores(zu, zc, DetectionConfig(), steps=2)
+    s = legacy_scores(zu, zc, DetectionConfig(), steps=2)
     assert s["max"].tolist() == [0.5, 8.0]
     assert s["first"].tolist() == [0.5, 7.0]
 

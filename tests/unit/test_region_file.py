@@ -65,9 +65,28 @@ def _rewrite(path, tmp_path, **meta_changes):
 
 
 def test_newer_version_says_update(tmp_path, region):
-    path = _rewrite(save_region(region, tmp_path / "r.safetensors"), tmp_path, format_version="2")
+    path = _rewrite(save_region(region, tmp_path / "r.safetensors"), tmp_path, format_version="3")
     with pytest.raises(RegionFileError, match="newer Memorization Guard.*update the pack"):
         load_region(path)
+
+
+def test_calibration_trajectories_round_trip(tmp_path, region):
+    assert region.trajectories is not None and region.trajectories.shape[1:] == (region.steps, 4)
+    back = load_region(save_region(region, tmp_path / "r.safetensors"))
+    assert torch.equal(back.trajectories, region.trajectories)
+
+
+def test_version_1_files_load_without_trajectories(tmp_path, region):
+    """Regions saved before the trajectories were kept still load (their bands are the same)."""
+    from safetensors import safe_open
+    path = save_region(region, tmp_path / "r.safetensors")
+    with safe_open(str(path), "pt") as f:
+        meta = dict(f.metadata())
+        tensors = {k: f.get_tensor(k) for k in f.keys() if k != "trajectories"}
+    old = tmp_path / "v1.safetensors"
+    save_file(tensors, str(old), metadata=meta | {"format_version": "1"})
+    back = load_region(old)
+    assert back.trajectories is None and torch.equal(back.mean, region.mean)
 
 
 def test_other_kind_of_safetensors_file(tmp_path):

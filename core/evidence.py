@@ -1,0 +1,87 @@
+"""The verdict's statistic: memorization evidence accumulated over steps, in ordinary units.
+
+Per step j, the evidence e_j combines the signed z-scores of the quantities the guard measures
+(EVIDENCE_WEIGHTS). The path R_j is its running mean over steps 0..j: a copy's trajectory leaves
+the band step after step, while an ordinary trajectory's excursions come and go. R_j is put in
+units of its own ordinary spread, S_j = (R_j - m_j) / s_j, with m_j and s_j measured on the
+calibration trajectories (each left out of the statistics it is scored against, core/null.py).
+An item is flagged at the first step of the verdict window where S_j passes the threshold that
+the user's false-flag rate asks for; its score is the largest S_j in a window, and its rarity
+the rate at which ordinary trajectories reach that score.
+
+The same functions serve the guard step by step (`EvidencePath.push`) and benchmarks on whole
+recorded trajectories (`path`), with the same arithmetic, so offline scores are the online ones.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from .measures import QUANTITIES
+from .null import NullTail, fit_tail, leave_one_out_z
+
+# signed z of each quantity in the step evidence (a copy's update and guidance gap run high)
+EVIDENCE_WEIGHTS = {"latent": 0.0, "update": 0.5, "clean": 0.0, "gap": 0.5}
+_W = torch.tensor([EVIDENCE_WEIGHTS[q] for q in QUANTITIES], dtype=torch.float64)
+
+
+def step_evidence(z: torch.Tensor) -> torch.Tensor:
+    """e_j from z-scores [..., Q] (float64); a missing quantity (no gap at cfg 1) counts 0."""
+    return (z.double().nan_to_num(0.0) * _W.to(z.device)).sum(-1)
+
+
+def running_mean(e: torch.Tensor) -> torch.Tensor:
+    """R_j from e [..., N] over the last axis, summed in order as EvidencePath.push sums."""
+    total = torch.zeros_like(e[..., 0])
+    out = torch.empty_like(e)
+    for j in range(e.shape[-1]):
+        total = total + e[..., j]
+        out[..., j] = total / (j + 1)
+    return out
+
+
+@dataclass(frozen=True)
+class EvidenceNull:
+    """What ordinary trajectories do: the per-step mean and spread of R_j, and the tail of the
+    largest S_j over the verdict window (steps < window)."""
+
+    mean: torch.Tensor       # [N] float64
+    spread: torch.Tensor     # [N] float64
+    window: int
+    tail: NullTail
+
+    def standardize(self, r: torch.Tensor, step: int | None = None) -> torch.Tensor:
+        """S from R: r [..., N] for all steps, or r [...] at `step`."""
+        if step is None:
+            return (r - self.mean.to(r.device)) / self.spread.to(r.device)
+        return (r - float(self.mean[step])) / float(self.spread[step])
+
+
+def null_from_trajectories(trajectories: torch.Tensor, window: int) -> EvidenceNull:
+    """From a region's calibration runs [R, N, Q] (each scored as if it were new)."""
+    r = running_mean(step_evidence(leave_one_out_z(trajectories)))       # [R, N]
+    mean, spread = r.mean(0), r.std(0).clamp(min=1e-6)
+    s = (r - mean) / spread
+    return EvidenceNull(mean, spread, window, fit_tail(s[:, :window].max(1).values))
+
+
+def path(z: torch.Tensor, null: EvidenceNull) -> torch.Tensor:
+    """S_j [B, N] of whole trajectories from their z-scores [B, N, Q]."""
+    return null.standardize(running_mean(step_evidence(z)))
+
+
+class EvidencePath:
+    """The same statistic, one step at a time, for a batch of B items."""
+
+    def __init__(self, null: EvidenceNull, batch: int):
+        self.null = null
+        self.total = torch.zeros(batch, dtype=torch.float64)
+        self.count = 0
+
+    def push(self, z_step: torch.Tensor) -> torch.Tensor:
+        """S_j [B] from this step's z-scores [Q, B] (steps pushed in order from 0)."""
+        self.total = self.total + step_evidence(z_step.T.cpu())
+        self.count += 1
+        return self.null.standardize(self.total / self.count, self.count - 1)

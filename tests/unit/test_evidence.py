@@ -1,0 +1,93 @@
+"""The verdict's statistic (core/evidence.py) and its null distribution (core/null.py)."""
+
+import math
+from dataclasses import replace
+
+import pytest
+import torch
+from toy_model import denoise, karras
+
+from memguard.core import evidence
+from memguard.core.detect import DetectionConfig
+from memguard.core.guard import GuardConfig
+from memguard.core.null import fit_tail, leave_one_out_z
+from memguard.core.sampling import calibrate, cfg_pair, guarded_sample
+from memguard.core.settings import RunSettings
+
+STEPS, SHAPE, CFG = 12, (4, 6, 6), 7.5
+SIGMAS = karras(STEPS)
+SETTINGS = RunSettings("toy", "euler", "karras", STEPS, CFG, SHAPE)
+
+
+def ordinary(n, seed):
+    """n ordinary toy prompts (small targets) and their starting noise."""
+    g = torch.Generator().manual_seed(seed)
+    mu = torch.randn(n, *SHAPE, generator=g) * 0.3
+    return cfg_pair(denoise, mu, torch.zeros(n, *SHAPE)), torch.randn(n, *SHAPE, generator=g) * SIGMAS[0]
+
+
+@pytest.fixture(scope="module")
+def region():
+    return calibrate([ordinary(20, s) for s in range(4)], SIGMAS, SETTINGS, CFG)
+
+
+def test_leave_one_out_z_matches_the_definition():
+    t = torch.randn(7, 3, 4, generator=torch.Generator().manual_seed(1)) * 2 + 5
+    z = leave_one_out_z(t)
+    for i in range(7):
+        rest = torch.cat([t[:i], t[i + 1:]])
+        expected = (t[i] - rest.mean(0)) / rest.std(0)
+        assert torch.allclose(z[i], expected, atol=1e-4)
+
+
+def test_tail_threshold_and_rate_are_inverse():
+    tail = fit_tail(torch.randn(500, generator=torch.Generator().manual_seed(2)))
+    for rate in (0.1, 0.01, 0.001):
+        assert math.isclose(tail.rate(tail.threshold(rate)), rate, rel_tol=1e-9)
+    assert tail.threshold(0.001) > tail.threshold(0.01) > tail.threshold(0.1)
+    with pytest.raises(ValueError, match="false-flag rate"):
+        tail.threshold(0.0)
+
+
+def test_region_keeps_its_calibration_trajectories(region):
+    assert region.trajectories.shape == (80, STEPS, 4)
+
+
+def test_online_evidence_and_verdict_equal_the_offline_ones(region):
+    """The guard's step-by-step statistic is the benchmark's whole-trajectory one, to the bit."""
+    pair, x = ordinary(6, 77)
+    cond = torch.cat([torch.randn(2, *SHAPE, generator=torch.Generator().manual_seed(5)) * 4.0,
+                      torch.randn(4, *SHAPE, generator=torch.Generator().manual_seed(6)) * 0.3])
+    pair = cfg_pair(denoise, cond, torch.zeros(6, *SHAPE))
+    r = guarded_sample(pair, x, SIGMAS, SETTINGS, CFG, region=region, config=GuardConfig(mode="detect"))
+    guard = r.guard
+    z = guard.z.permute(2, 0, 1)                                    # [B, N, Q]
+    offline = evidence.path(z, guard.null)
+    assert torch.equal(offline.float(), guard.evidence.T)
+    window = guard.k_active
+    expect = (offline[:, :window] > guard.threshold).any(1)
+    assert [it.flagged for it in r.report.items] == expect.tolist()
+    assert r.report.items[0].flagged and r.report.items[1].flagged      # the far targets
+    assert r.report.region["verdict"]["rule"] == "evidence"
+    assert r.report.items[0].ordinary_rate < 0.001
+
+
+def test_the_false_flag_rate_holds_on_new_ordinary_trajectories(region):
+    """Fresh ordinary runs cross the threshold at about the asked-for rate (the LOO null)."""
+    flagged, total = 0, 0
+    cfg = GuardConfig(mode="detect", detection=DetectionConfig(false_flag_rate=0.1))
+    for s in range(10):
+        pair, x = ordinary(40, 1000 + s)
+        r = guarded_sample(pair, x, SIGMAS, SETTINGS, CFG, region=region, config=cfg)
+        flagged += sum(it.flagged for it in r.report.items)
+        total += len(r.report.items)
+    assert 0.03 <= flagged / total <= 0.2, flagged / total
+
+
+def test_a_region_without_trajectories_uses_the_band_rule_and_says_so(region):
+    old = replace(region, trajectories=None)
+    pair, x = ordinary(2, 5)
+    r = guarded_sample(pair, x, SIGMAS, SETTINGS, CFG, region=old, config=GuardConfig(mode="detect"))
+    assert r.report.region["verdict"]["rule"] == "band"
+    assert any("Recalibrate" in n for n in r.report.notes)
+    assert all(it.ordinary_rate is None and all(v is None for v in it.evidence) for it in r.report.items)
