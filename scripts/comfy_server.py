@@ -39,6 +39,17 @@ def http(url: str, payload: dict | None = None, timeout: float = 30.0):
         return json.loads(r.read().decode())
 
 
+def port_is_taken(port: int) -> bool:
+    """Whether another socket holds 127.0.0.1:port (asked after our ComfyUI has exited: its
+    own socket is gone by then)."""
+    with socket.socket() as s:
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError:
+            return True
+    return False
+
+
 class PortTaken(RuntimeError):
     """ComfyUI could not bind its port."""
 
@@ -86,7 +97,9 @@ class ComfyServer:
         deadline = time.time() + timeout
         while time.time() < deadline:
             if self.proc.poll() is not None:
-                if "address already in use" in self.log_path.read_text(errors="replace").lower():
+                # 0.3.75 logs aiohttp's "address already in use", 0.33 its own "Port N is already in
+                # use" (and releases word it as they like): the port itself is the robust witness
+                if port_is_taken(self.port) or "already in use" in self.log_path.read_text(errors="replace").lower():
                     raise PortTaken(self.port)
                 raise RuntimeError(f"ComfyUI exited during start-up; see {self.log_path}")
             try:

@@ -98,8 +98,11 @@ def test_ksampler_vaedecode_through_the_executor(comfy_session, tiny_sd_ckpt,
 
 
 def test_invalid_prompt_is_reported(comfy_session):
-    with pytest.raises(PromptValidationError, match="does not exist"):
+    # 0.3.75: "Cannot execute because node NoSuchNode does not exist." (invalid_prompt);
+    # 0.33: "Node 'NoSuchNode' not found. The custom node may not be installed." (missing_node_type)
+    with pytest.raises(PromptValidationError, match="NoSuchNode") as info:
         comfy_session.run_prompt({"1": {"class_type": "NoSuchNode", "inputs": {}}})
+    assert info.value.error["type"] in ("invalid_prompt", "missing_node_type")
 
 
 class _FailingImage:
