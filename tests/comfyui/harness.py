@@ -56,7 +56,7 @@ def _load_comfyui_path_helper():
 
 
 def comfyui_root() -> Path:
-    """COMFYUI_PATH, else .cache/comfyui-0.3.75/ComfyUI; ComfyUINotFound names both."""
+    """COMFYUI_PATH, else .cache/comfyui-<COMFYUI_VERSION, default 0.3.75>/ComfyUI; ComfyUINotFound names both."""
     return _load_comfyui_path_helper().comfyui_root()
 
 
