@@ -25,7 +25,7 @@ OUT = ROOT / "workflows"
 SD15 = "v1-5-pruned-emaonly.safetensors"
 MEMORIZED = "a orange cross on a purple background by zorvath"
 GUARD = {"strategy": "unconditional", "exact": True, "tau_mild": 4.5, "tau_strong": 14.0, "gamma": 3.0,
-         "active_fraction": 0.2, "off_scale": -0.5}
+         "active_fraction": 0.2, "off_scale": -0.5, "false_flag_rate": 0.001}
 AUDIT_PROMPTS = "\n".join([
     "The No Limits Business Woman Podcast",
     "Living in the Light with Ann Graham Lotz",
@@ -177,10 +177,43 @@ def object_info(session) -> dict:
     return out
 
 
-def auto_layout(graph: dict, info: dict) -> tuple[dict, dict]:
-    """Columns by depth in the graph, nodes stacked by their height: no overlaps."""
-    from workflow_format import ordered_inputs
+# What the frontend adds to a node after a run, so the layout leaves room for it and nothing
+# overlaps then (tests/browser checks it in the real frontend of each tested ComfyUI):
+CHART_HEIGHT = 220        # web/js/memguard.js: the live stability chart under a guarded sampler's widgets
+CHART_NODES = {"MemGuardKSampler", "KSampler", "KSamplerAdvanced", "SamplerCustom", "SamplerCustomAdvanced"}
+IMAGE_HEIGHT = 300        # image previews in the node body (SaveImage, PreviewImage, the detector)
+IMAGE_NODES = {"SaveImage", "PreviewImage", "MemGuardDetector"}
+NODE_WIDTH, WIDE_NODE_WIDTH = 360, 440     # samplers and the detector are wider: their charts and previews
+TITLE_HEIGHT = 30         # LiteGraph draws the title above node.pos
+GAP_X, GAP_Y = 50, 40
 
+
+def node_size(spec: dict, node_def: dict) -> tuple[int, int]:
+    """A size the node keeps after a run in frontends 1.32 to 1.49: LiteGraph's own height for its
+    sockets (20 px a row) and widgets (24 px, a control value is a widget too, a multiline text
+    box 100 px), plus the live chart or the image previews the node will show."""
+    from workflow_format import has_control, is_widget, ordered_inputs
+
+    sockets = widgets = 0
+    for name, kind, opts in ordered_inputs(node_def):
+        if not is_widget(kind, opts):
+            sockets += 1
+        elif kind == "STRING" and opts.get("multiline"):
+            widgets += 100 / 24
+        else:
+            widgets += 2 if has_control(name, kind, opts) else 1
+        if is_widget(kind, opts) and isinstance(spec["inputs"].get(name), list):
+            sockets += 1      # a widget fed by a link shows as a socket (and keeps its widget row)
+    rows = max(sockets, len(node_def.get("output", [])))
+    height = 20 * rows + 24 * widgets + 20
+    kind = spec["class_type"]
+    wide = kind in CHART_NODES or kind == "MemGuardDetector"
+    height += CHART_HEIGHT if kind in CHART_NODES else IMAGE_HEIGHT if kind in IMAGE_NODES else 0
+    return (WIDE_NODE_WIDTH if wide else NODE_WIDTH), int(round(height / 10.0) * 10)
+
+
+def auto_layout(graph: dict, info: dict) -> tuple[dict, dict]:
+    """Columns by depth in the graph, nodes stacked by their height after a run: no overlaps."""
     depth = {}
 
     def d(node_id):
@@ -189,21 +222,25 @@ def auto_layout(graph: dict, info: dict) -> tuple[dict, dict]:
             depth[node_id] = 1 + max((d(s) for s in srcs), default=-1)
         return depth[node_id]
 
-    layout, sizes, heights = {}, {}, {}
+    sizes = {node_id: node_size(graph[node_id], info[graph[node_id]["class_type"]]) for node_id in graph}
+    columns: dict[int, list[str]] = {}
     for node_id in graph:
-        rows = len(ordered_inputs(info[graph[node_id]["class_type"]])) + len(info[graph[node_id]["class_type"]].get("output", []))
-        multiline = sum(1 for v in graph[node_id]["inputs"].values() if isinstance(v, str) and "\n" in v)
-        h = 70 + 24 * rows + 90 * multiline
-        col = d(node_id)
-        layout[node_id] = (20 + 400 * col, 20 + heights.get(col, 0))
-        sizes[node_id] = (360, h)
-        heights[col] = heights.get(col, 0) + h + 40
+        columns.setdefault(d(node_id), []).append(node_id)
+    layout, x = {}, 20
+    for col in sorted(columns):
+        y = 20
+        for node_id in columns[col]:
+            layout[node_id] = (x, y)
+            y += sizes[node_id][1] + TITLE_HEIGHT + GAP_Y
+        x += max(sizes[n][0] for n in columns[col]) + GAP_X
     return layout, sizes
 
 
 def add_note(workflow: dict, text: str) -> None:
     node_id = workflow["last_node_id"] + 1
-    workflow["nodes"].append({"id": node_id, "type": "Note", "pos": [20, -160], "size": [700, 120], "flags": {},
+    height = 100   # above the graph: its top row starts at y = 20 - TITLE_HEIGHT
+    workflow["nodes"].append({"id": node_id, "type": "Note", "pos": [20, 20 - TITLE_HEIGHT - GAP_Y - height],
+                              "size": [700, height], "flags": {},
                               "order": len(workflow["nodes"]), "mode": 0, "inputs": [], "outputs": [],
                               "properties": {}, "widgets_values": [text]})
     workflow["last_node_id"] = node_id
@@ -258,6 +295,8 @@ def main() -> None:
             demo_thumb = ROOT / "out" / "demo" / "thumbnail.jpg"
             if name == "memguard_demo" and demo_thumb.exists():
                 shutil.copyfile(demo_thumb, thumb)
+            elif name == "memguard_demo" and thumb.exists():
+                pass   # keep the thumbnail made from the demo's real output (no out/demo/ here)
             else:
                 schematic(workflow, thumb, note.split(":")[0][:90])
             print(f"wrote {OUT / name}.json")

@@ -4,6 +4,7 @@ thumbnails beside them, and the demo executes (converted to API format) in a rea
 from __future__ import annotations
 
 import json
+import re
 import sys
 from pathlib import Path
 
@@ -11,7 +12,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "scripts"))
-from build_workflows import object_info  # noqa: E402
+from build_workflows import CHART_HEIGHT, object_info  # noqa: E402
 from workflow_format import VIRTUAL_NODES, api_to_ui, ui_to_api, widget_names  # noqa: E402
 
 WORKFLOWS = sorted((ROOT / "workflows").glob("*.json"))
@@ -56,3 +57,8 @@ def test_demo_workflow_executes(comfy_session, info):
     saved = sorted(p.name for p in (comfy_session.output_dir / "memguard_demo").iterdir())
     assert any(n.startswith("report_detect") and n.endswith(".json") for n in saved)
     assert sum(n.endswith(".png") for n in saved) == 4 * 4   # 4 images x (sampled, heatmap, curves, mitigated)
+
+
+def test_the_layout_reserves_the_charts_height_the_web_extension_draws():
+    js = (ROOT / "web" / "js" / "memguard.js").read_text()
+    assert re.search(r"const CHART_HEIGHT = (\d+);", js).group(1) == str(CHART_HEIGHT)

@@ -7,7 +7,10 @@
 const { app } = window.comfyAPI?.app ?? (await import("../../../scripts/app.js"));
 const { api } = window.comfyAPI?.api ?? (await import("../../../scripts/api.js"));
 
-const CHART_HEIGHT = 130;
+// The chart takes the node's space under its widgets, at least CHART_HEIGHT (the shipped
+// workflows reserve it: scripts/build_workflows.py, so the node does not grow into its neighbours).
+const CHART_HEIGHT = 220;
+const CHART_WIDTH = 400;
 const ITEM_COLOURS = ["#f0f0f0", "#7fb2ff", "#ffd166", "#9be38f", "#f4a3ff", "#7ae7e7"];
 const VERDICT_COLOURS = { flagged: "#7a2030", clean: "#1f5f3a", unavailable: "#4a4a4a" };
 
@@ -39,17 +42,27 @@ function nodeById(executionId) {
   return node;
 }
 
+// Height of the node's own content (sockets and visible widgets), without the chart.
+function contentHeight(node) {
+  const size = node.computeSize?.();
+  return size && size.length > 1 ? size[1] : node.size[1] - CHART_HEIGHT;
+}
+
+// Grow the node only if it has no room for the chart under its widgets yet.
 function reserveSpace(node) {
   if (!node || node.__memguardSized) return;
   node.__memguardSized = true;
-  node.setSize([Math.max(node.size[0], 300), node.size[1] + CHART_HEIGHT]);
+  const height = Math.max(node.size[1], contentHeight(node) + CHART_HEIGHT);
+  const width = Math.max(node.size[0], CHART_WIDTH);
+  if (height !== node.size[1] || width !== node.size[0]) node.setSize([width, height]);
 }
 
 function drawChart(ctx, node, chart) {
-  const w = node.size[0] - 20;
-  const h = CHART_HEIGHT - 30;
   const x0 = 10;
-  const y0 = node.size[1] - CHART_HEIGHT + 20;
+  const w = node.size[0] - 20;
+  const top = Math.min(contentHeight(node), node.size[1] - CHART_HEIGHT);   // where the widgets end
+  const y0 = top + 24;   // room for the label above the plot
+  const h = node.size[1] - y0 - 10;
   const values = chart.update.flat().filter((v) => v !== null && Number.isFinite(v));
   const bands = chart.band.flat().filter((v) => v !== null && Number.isFinite(v));
   const all = values.concat(bands);
@@ -125,9 +138,20 @@ function colourByVerdict(node, output) {
   node.setDirtyCanvas?.(true, true);
 }
 
+// Frontends that fold advanced inputs (1.49+) read `widget.advanced` on the canvas but only copy
+// the input's `advanced` flag into `widget.options`: mark our own nodes' advanced widgets, so they
+// fold there as they do in the node panel. Older frontends never see the flag (0.3.75 has none).
+function foldAdvancedWidgets(node) {
+  if (!String(node.comfyClass ?? node.type ?? "").startsWith("MemGuard")) return;
+  for (const widget of node.widgets ?? []) {
+    if (widget.options?.advanced && widget.advanced === undefined) widget.advanced = true;
+  }
+}
+
 app.registerExtension({
   name: "MemorizationGuard.LiveChart",
   async nodeCreated(node) {
+    foldAdvancedWidgets(node);
     const original = node.onDrawForeground;
     node.onDrawForeground = function (ctx) {
       const result = original?.apply(this, arguments);
