@@ -65,7 +65,7 @@ def _swap_colour(caption: str, old: str, g: torch.Generator, avoid: set[str]) ->
     return " ".join(words)
 
 
-def split_set(recipe: dict, split: str, seeds: int = 10, near_seeds: int = 3, control_seeds: int = 8,
+def split_set(recipe: dict, split: str, seeds: int = 6, near_seeds: int = 2, control_seeds: int = 6,
               n_one: int = 40, n_two: int = 30) -> list[Gen]:
     if split not in SPLITS:
         raise ValueError(f"unknown split {split!r}; choose one of {', '.join(SPLITS)}")

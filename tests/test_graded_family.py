@@ -1,0 +1,58 @@
+"""The graded testbed family's data (bench/testbeds): replayable, graded, split cleanly.
+
+bench/ imports `core` from the repository root, which must stay off this process's sys.path (the
+pack's nodes/ would shadow ComfyUI's nodes.py), so the checks run in a child interpreter.
+"""
+
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+CHECKS = r'''
+import torch
+from bench.testbeds.graded import DOSES, GradedStream, make_recipe, template_render, vocabulary
+from bench.testbeds.prompts import calibration_set, split_set
+from core.testbed.text import unknown_words
+
+r = make_recipe(11)
+assert r == make_recipe(11) and r != make_recipe(12)          # the seed draws the items
+items = r["items"]
+assert len(items) == 2 * sum(len(d) for d in DOSES.values())   # one item per split and dose
+for kind, doses in DOSES.items():
+    for split in ("validation", "test"):
+        assert sorted(it["dose"] for it in items if it["kind"] == kind and it["split"] == split) == sorted(doses)
+
+s = GradedStream(r, 1, 32)
+a, b = s.batch(5), GradedStream(r, 1, 32).batch(5)
+assert torch.equal(a[0], b[0]) and a[1] == b[1] and a[2] == b[2]     # replayable
+assert not torch.equal(s.batch(6)[0], a[0])
+vocab = vocabulary()
+for k in range(40):
+    for c in s.batch(k)[1]:
+        assert not unknown_words(c, vocab), c
+
+# a template is one layout in other colours; a token item is one image
+t = next(it for it in items if it["kind"] == "template")
+imgs, caps = template_render(t, ["red", "blue"], ["white", "black"])
+assert caps[0].endswith("by " + t["title"]) and "red" in caps[0]
+assert not torch.equal(imgs[0], imgs[1])
+
+# splits share no item, ordinary caption or seed, with each other or the calibration set
+cal, val, test = calibration_set(r), split_set(r, "validation"), split_set(r, "test")
+seeds = [g.seed for g in cal + val + test]
+assert len(seeds) == len(set(seeds))
+ordinary = lambda gens: {g.caption for g in gens if g.kind in ("novel_one", "novel_two", "calibration")}  # noqa: E731
+assert not ordinary(val) & ordinary(test) and not ordinary(cal) & (ordinary(val) | ordinary(test))
+assert not {g.item for g in val if g.item >= 0} & {g.item for g in test if g.item >= 0}
+for g in cal + val + test:
+    assert not unknown_words(g.caption, vocab), g
+print("ok")
+'''
+
+
+def test_graded_family_data():
+    out = subprocess.run([sys.executable, "-c", CHECKS], cwd=ROOT, capture_output=True, text=True, timeout=300,
+                         env={"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin"})
+    assert out.returncode == 0 and out.stdout.strip() == "ok", out.stdout + out.stderr
