@@ -35,6 +35,7 @@ VIEWPORT = {"width": 1600, "height": 1000}
 # low-detail zoom (below about 0.6 it leaves out all text)
 SCREENSHOT_VIEWPORT = {"width": 2400, "height": 1400}
 FLAGGED = "#7a2030"
+START_TIMEOUT = 900   # seconds: about 20 on 2 idle cores, far more on a machine busy with other work
 # what a user has dismissed after the first start (server-side settings of the default user)
 SETTINGS = {"Comfy.TutorialCompleted": True, "Comfy.Minimap.Visible": False}
 DISMISSED = "localStorage.setItem('vueNodesBannerDismissed', 'true');"   # frontend 1.3x+: a local flag
@@ -90,13 +91,23 @@ def post_setting(url: str, key: str, value) -> None:
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
+    """ComfyUI's own server; its log ends up in out/test-artifacts/browser-comfyui-<version>.log
+    (written in the session's temporary folder first: two sessions may run at once)."""
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
     out = tmp_path_factory.mktemp("browser-output")
-    with ComfyServer(output_dir=out, log_path=ARTIFACTS / "browser-comfyui.log") as s:
+    log = tmp_path_factory.mktemp("browser-log") / "comfyui.log"
+    s = ComfyServer(output_dir=out, log_path=log)
+    s.comfyui_version = "unknown"
+    try:
+        s.start(timeout=START_TIMEOUT)
         for key, value in SETTINGS.items():
             post_setting(s.url, key, value)
         s.comfyui_version = http(f"{s.url}/system_stats")["system"].get("comfyui_version", "unknown")
         yield s
+    finally:
+        s.stop()
+        if log.exists():
+            shutil.copyfile(log, ARTIFACTS / f"browser-comfyui-{s.comfyui_version}.log")
 
 
 @contextlib.contextmanager
