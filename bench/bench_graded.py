@@ -27,7 +27,14 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repo root, f
 
 from bench.copies import VERBATIM, StreamBank, partial_threshold  # noqa: E402
 from bench.testbeds.graded import FAMILY, GradedStream  # noqa: E402
-from bench.testbeds.prompts import MEMORIZED_KINDS, NEAR_KINDS, ORDINARY_KINDS, calibration_set, split_set  # noqa: E402
+from bench.testbeds.prompts import (  # noqa: E402
+    MEMORIZED_KINDS,
+    NEAR_KINDS,
+    ORDINARY_KINDS,
+    REFERENCE_KINDS,
+    calibration_set,
+    split_set,
+)  # noqa: E402
 from bench.trajectories import record  # noqa: E402
 from core import evidence  # noqa: E402
 from core.detect import DetectionConfig, roc_auc, step_excess, tpr_at_fpr  # noqa: E402
@@ -85,7 +92,7 @@ def truths(tb, recs, out: Path):
 def copy_table(rec, truth, partial: float) -> None:
     kinds = MEMORIZED_KINDS + NEAR_KINDS + ORDINARY_KINDS
     print(f"\ncopies per prompt kind (verbatim: NN corr >= {VERBATIM}; partial: >= {partial:.2f}, where this "
-          f"model's validation ordinary generations do not reach)")
+          f"model's validation generations of never-titled, never-duplicated captions do not reach)")
     for k in kinds:
         idx = [i for i, g in enumerate(rec.gens) if g.kind == k]
         if not idx:
@@ -195,8 +202,8 @@ def main() -> None:
     calib, region, recs = recordings(tb, sigmas, settings, out, splits)
     tr = truths(tb, recs, out)
     val = recs["validation"]
-    ordinary = [i for i, g in enumerate(val.gens) if g.kind in ORDINARY_KINDS]
-    partial = partial_threshold(tr["validation"]["corr"][ordinary])
+    reference = [i for i, g in enumerate(val.gens) if g.kind in REFERENCE_KINDS]
+    partial = partial_threshold(tr["validation"]["corr"][reference])
     rec, truth = recs[args.split], tr[args.split]
     print(f"{args.weights.name} ({tb.identity}), split {args.split}: {SAMPLER}/{SCHEDULER} {STEPS} steps, cfg {CFG}; "
           f"{len(calib.gens)} calibration runs, {len(rec.gens)} generations")

@@ -4,8 +4,9 @@ Two levels, both from the exact nearest neighbour by luminance correlation (colo
 cfg 7.5 every seed gets its own colour cast; core/testbed/similarity.py):
 - verbatim: correlation >= VERBATIM (0.9: near-exact; fresh renders of the stream stay below it);
 - partial:  correlation >= the partial threshold, placed where ordinary generations do not reach:
-            the largest nearest-neighbour correlation of the validation split's ordinary
-            generations of the same model (a rule applied per model, never tuned by hand).
+            the largest nearest-neighbour correlation of the validation split's generations of
+            never-titled, never-duplicated captions (prompts.REFERENCE_KINDS) of the same model,
+            rounded up (a rule applied per model, never tuned by hand).
 SSIM to that neighbour is reported beside it.
 """
 

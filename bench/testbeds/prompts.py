@@ -20,6 +20,9 @@ from .graded import SPLITS, one_object_combos, random_colour_pairs, two_object_c
 MEMORIZED_KINDS = ("token", "scene", "template")
 NEAR_KINDS = ("near_token_drop", "near_token_swap", "near_scene_swap", "near_scene_drop")
 ORDINARY_KINDS = ("novel_one", "novel_two", "render_control", "photo_control", "unseen_title", "out_of_family")
+# the kinds whose captions were never duplicated nor titled at all: where ordinary generations
+# reach, which places the partial-copy threshold (an untrained title can still call up a copy)
+REFERENCE_KINDS = ("novel_one", "novel_two", "render_control", "photo_control", "out_of_family")
 SEED_BASE = {"calibration": 100_000, "validation": 200_000, "test": 300_000}
 
 
