@@ -36,6 +36,7 @@ VIEWPORT = {"width": 1600, "height": 1000}
 SCREENSHOT_VIEWPORT = {"width": 2400, "height": 1400}
 FLAGGED = "#7a2030"
 START_TIMEOUT = 900   # seconds: about 20 on 2 idle cores, far more on a machine busy with other work
+RUN_TIMEOUT = 1_800_000   # ms for a demo run: about a minute on 2 idle cores, 20+ on a busy machine
 # what a user has dismissed after the first start (server-side settings of the default user)
 SETTINGS = {"Comfy.TutorialCompleted": True, "Comfy.Minimap.Visible": False}
 DISMISSED = "localStorage.setItem('vueNodesBannerDismissed', 'true');"   # frontend 1.3x+: a local flag
@@ -160,7 +161,7 @@ def test_extension_chart_and_verdict_in_the_real_frontend(server):
     with frontend(server, SCREENSHOT_VIEWPORT) as (page, problems):
         assert load(page, json.loads((ROOT / "workflows" / "memguard_demo.json").read_text())) == []
         page.evaluate("() => window.app.queuePrompt(0, 1)")
-        page.wait_for_function("() => window.MemorizationGuard.doneEvents >= 2", timeout=600_000)
+        page.wait_for_function("() => window.MemorizationGuard.doneEvents >= 2", timeout=RUN_TIMEOUT)
         state = page.evaluate("() => ({steps: window.MemorizationGuard.stepEvents, charts: window.MemorizationGuard.charts.size})")
         assert state["steps"] >= 2 * 50 and state["charts"] == 2
         page.wait_for_function(f"() => window.app.graph.getNodeById(9).bgcolor === '{FLAGGED}'", timeout=60_000)
@@ -200,7 +201,7 @@ def test_chart_and_verdict_reach_nodes_inside_a_subgraph(server):
             pytest.skip("this frontend has no subgraphs")
         assert converted is True
         page.evaluate("() => window.app.queuePrompt(0, 1)")
-        page.wait_for_function("() => window.MemorizationGuard.doneEvents >= 2", timeout=600_000)
+        page.wait_for_function("() => window.MemorizationGuard.doneEvents >= 2", timeout=RUN_TIMEOUT)
         found = page.wait_for_function(f"""() => {{
             const outer = window.app.graph._nodes.find(n => n.subgraph);
             const inner = outer && outer.subgraph._nodes;
