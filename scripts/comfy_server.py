@@ -67,7 +67,7 @@ class ComfyServer:
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
 
-    def start(self, timeout: float = 180.0, attempts: int = 3) -> "ComfyServer":
+    def start(self, timeout: float = 600.0, attempts: int = 3) -> "ComfyServer":
         """Start ComfyUI and wait until it answers. A free port found by `free_port` can be taken
         by another process before ComfyUI binds it: then it retries on a new port."""
         for attempt in range(attempts):
