@@ -32,7 +32,7 @@ from core.testbed.dataset import (
     IMAGE_SIZE,
     SHAPES,
     _shape_mask,
-    _texture,
+    cluttered_background,
     general_caption,
     photo,
     photo_crops,
@@ -59,7 +59,6 @@ DOSES = {
     "photo_control": (0.004,),
 }
 TWO_OBJECT_SHARE = 0.4      # of the general samples
-CLUTTER_SLOTS = 6
 
 
 def two_object_caption(a: tuple[str, str], b: tuple[str, str], bg: str) -> str:
@@ -96,16 +95,7 @@ def render(objects: list[list[tuple[str, str]]], bg: list[str], g: torch.Generat
     k = len(objects[0]) if objects else 1
     jitter = lambda: 0.08 * (torch.rand(n, 3, generator=g) - 0.5)  # noqa: E731
     bg_rgb = torch.tensor([COLORS[c] for c in bg]).view(n, 3) + jitter()
-    img = (bg_rgb.view(n, 3, 1, 1) + _texture(n, g, size, 4, 0.10) + _texture(n, g, size, 8, 0.06)
-           + _texture(n, g, size, 16, 0.03))
-    for _ in range(CLUTTER_SLOTS):
-        present = (torch.rand(n, generator=g) < 0.6).float().view(n, 1, 1, 1)
-        ids = torch.randint(len(SHAPES), (n,), generator=g)
-        col = torch.rand(n, 3, generator=g)
-        m = _shape_mask(ids, 3 + 26 * torch.rand(n, generator=g), 3 + 26 * torch.rand(n, generator=g),
-                        1.5 + 2.5 * torch.rand(n, generator=g), math.pi * torch.rand(n, generator=g), size)
-        m = m.unsqueeze(1) * present
-        img = img * (1 - m) + col.view(n, 3, 1, 1) * m
+    img = cluttered_background(bg_rgb, g)
     if k == 1:
         centres = [(8 + 16 * torch.rand(n, generator=g), 8 + 16 * torch.rand(n, generator=g))]
         radii = [4 + 3 * torch.rand(n, generator=g)]

@@ -133,11 +133,10 @@ def _texture(n: int, g: torch.Generator, size: int, cells: int, amp: float) -> t
     return F.interpolate(low, size=(size, size), mode="bicubic", align_corners=False)
 
 
-def render(fg: list[str], shapes: list[str], bg: list[str], g: torch.Generator) -> torch.Tensor:
-    """Random renders of the given combos, one per entry."""
-    n, size = len(fg), IMAGE_SIZE
-    fg_rgb = torch.tensor([COLORS[c] for c in fg]) + 0.08 * (torch.rand(n, 3, generator=g) - 0.5)
-    bg_rgb = torch.tensor([COLORS[c] for c in bg]) + 0.08 * (torch.rand(n, 3, generator=g) - 0.5)
+def cluttered_background(bg_rgb: torch.Tensor, g: torch.Generator) -> torch.Tensor:
+    """Backgrounds of the given colours [n, 3]: three octaves of texture and up to CLUTTER_SLOTS small
+    shapes of random colours (the draws do not depend on the colours)."""
+    n, size = bg_rgb.shape[0], IMAGE_SIZE
     img = (bg_rgb.view(n, 3, 1, 1) + _texture(n, g, size, 4, 0.10) + _texture(n, g, size, 8, 0.06)
            + _texture(n, g, size, 16, 0.03))
     for _ in range(CLUTTER_SLOTS):
@@ -148,6 +147,15 @@ def render(fg: list[str], shapes: list[str], bg: list[str], g: torch.Generator) 
                         1.5 + 2.5 * torch.rand(n, generator=g), math.pi * torch.rand(n, generator=g), size)
         m = m.unsqueeze(1) * present
         img = img * (1 - m) + col.view(n, 3, 1, 1) * m
+    return img
+
+
+def render(fg: list[str], shapes: list[str], bg: list[str], g: torch.Generator) -> torch.Tensor:
+    """Random renders of the given combos, one per entry."""
+    n, size = len(fg), IMAGE_SIZE
+    fg_rgb = torch.tensor([COLORS[c] for c in fg]) + 0.08 * (torch.rand(n, 3, generator=g) - 0.5)
+    bg_rgb = torch.tensor([COLORS[c] for c in bg]) + 0.08 * (torch.rand(n, 3, generator=g) - 0.5)
+    img = cluttered_background(bg_rgb, g)
     ids = torch.tensor([SHAPES.index(s) for s in shapes])
     cy = 8 + 16 * torch.rand(n, generator=g)
     cx = 8 + 16 * torch.rand(n, generator=g)
