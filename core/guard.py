@@ -105,7 +105,9 @@ class StabilityGuard:
         self.null, self.threshold, self._path = None, float("nan"), None
         runs = 0 if region is None or region.trajectories is None else region.trajectories.shape[0]
         if runs >= MIN_NULL_RUNS:
-            self.null = evidence.null_from_trajectories(region.trajectories, self.k_active)
+            if self.k_active not in region.nulls:
+                region.nulls[self.k_active] = evidence.null_from_trajectories(region.trajectories, self.k_active)
+            self.null = region.nulls[self.k_active]
             self.threshold = self.null.tail.threshold(config.detection.false_flag_rate)
             self._path = evidence.EvidencePath(self.null, batch)
         elif region is not None:
@@ -333,7 +335,6 @@ class StabilityGuard:
         return RunReport(settings=self.settings.to_dict(), config=_config_dict(self.config), sigmas=self.sigmas,
                          steps_observed=n, region=region, items=items, extra_model_calls=self.extra_evals,
                          notes=list(self.notes))
-
 
     def verdict_rule(self) -> dict:
         d = self.config.detection

@@ -29,6 +29,8 @@ class StabilityRegion:
     count: torch.Tensor     # [Q, N] int64: trajectories behind each statistic
     meta: dict = field(default_factory=dict)
     trajectories: torch.Tensor | None = None   # [R, N, Q] float32, the calibration runs (None: not kept)
+    # the verdict's null fit per window (core/evidence.py), made once per region, not once per run
+    nulls: dict = field(default_factory=dict, init=False, repr=False, compare=False)
 
     @property
     def steps(self) -> int:
