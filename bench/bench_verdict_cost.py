@@ -3,7 +3,7 @@
     python bench/bench_verdict_cost.py [--batch 64] [--repeats 20]
 
 Times, in one run on the demo testbed with its shipped region (50 steps, cfg 7.5): the null fit a
-guard makes when it starts (leave-one-out z of the calibration runs, running means, the tail
+region gets on first use (leave-one-out z of the calibration runs, running means, the tail
 fit), the verdict's per-step work (the evidence push), and one model call (cond + uncond for the
 batch); prints each as a share of a plain 50-step run of that batch. Best of --repeats each, so
 that a busy machine slows every line alike. Nothing here is a test: it prints measurements.
@@ -67,7 +67,7 @@ def main() -> None:
     print(f"demo testbed, batch {args.batch}, {steps} steps, {region.trajectories.shape[0]} calibration runs, "
           f"threads={args.threads}, best of {args.repeats}")
     print(f"  one model call (cond + uncond): {call * 1e3:.2f} ms; a plain run: {plain:.3f} s")
-    print(f"  null fit at guard start:        {fit * 1e3:.2f} ms = {100 * fit / plain:.3f} % of the plain run")
+    print(f"  null fit (once per region):     {fit * 1e3:.2f} ms = {100 * fit / plain:.3f} % of the plain run")
     print(f"  evidence pushes, all steps:     {pushes * 1e3:.2f} ms = {100 * pushes / plain:.3f} % of the plain run")
 
 
