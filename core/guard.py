@@ -26,7 +26,10 @@ MODES = ("detect", "mitigate")
 #   orthogonal        keep guiding, minus the direction guidance pointed in at the flagged step
 #   delayed_guidance  guidance off (off_scale) until ||eps_c - eps_u|| passes a local minimum
 #   stability         rescale the clean prediction and clamp the latent into the band (the paper)
-STRATEGIES = ("unconditional", "orthogonal", "delayed_guidance", "stability")
+#   reprompt          after the run, move the flagged item's prompt embedding until its pull is ordinary
+#                     (Wen et al. 2024) and sample it again from the same noise (core/reprompt.py)
+STRATEGIES = ("unconditional", "orthogonal", "delayed_guidance", "stability", "reprompt")
+RESTART_STRATEGIES = ("reprompt",)   # need the whole run in hand: the guarded sampler restarts the item
 GUIDANCE_STRATEGIES = ("orthogonal", "delayed_guidance", "unconditional")
 _Q = {name: i for i, name in enumerate(QUANTITIES)}
 MIN_NULL_RUNS = 20   # calibration runs below which a false-flag rate cannot be estimated

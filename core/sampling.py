@@ -19,10 +19,12 @@ from typing import Any, Protocol
 
 import torch
 
-from .guard import GuardConfig, StabilityGuard
+from .guard import RESTART_STRATEGIES, GuardConfig, StabilityGuard
 from .mitigate import guided, shifted_prediction
 from .region import RegionBuilder, StabilityRegion
 from .report import RunReport
+from .reprompt import notes as reprompt_notes
+from .reprompt import reprompt
 from .settings import RunSettings
 
 SAMPLERS = ("euler", "ddim")
@@ -38,25 +40,44 @@ class PairDenoiser(Protocol):
         """
 
 
-def cfg_pair(denoise: Callable[[torch.Tensor, torch.Tensor, Any], torch.Tensor], cond: Any, uncond: Any,
-             batched: bool = True) -> PairDenoiser:
-    """A PairDenoiser from `denoise(x, sigma, c) -> x0`. Tensor conds [B, ...] are sliced by row
-    and, with `batched`, cond and uncond run in one call as ComfyUI does."""
+class CfgPair:
+    """A PairDenoiser from `denoise(x, sigma, c) -> x0` and its conditioning. Tensor conds [B, ...]
+    are sliced by row and, with `batched`, cond and uncond run in one call as ComfyUI does. It
+    keeps what it was made from, so a strategy that moves the conditioning (core/reprompt.py) can
+    make the pair of a sub-batch with another cond (`subset`)."""
 
-    def pick(c, rows):
+    def __init__(self, denoise: Callable[[torch.Tensor, torch.Tensor, Any], torch.Tensor], cond: Any, uncond: Any,
+                 batched: bool = True):
+        self.denoise, self.cond, self.uncond, self.batched = denoise, cond, uncond, batched
+
+    @staticmethod
+    def _pick(c, rows):
         return c if rows is None or not isinstance(c, torch.Tensor) else c[rows.to(c.device)]
 
-    def pair(x, sigma, rows, need_uncond):
-        c = pick(cond, rows)
+    def __call__(self, x, sigma, rows, need_uncond):
+        c = self._pick(self.cond, rows)
         if not need_uncond:
-            return denoise(x, sigma, c), None
-        u = pick(uncond, rows)
-        if batched and isinstance(c, torch.Tensor) and isinstance(u, torch.Tensor) and c.shape == u.shape:
-            out = denoise(torch.cat([x, x]), torch.cat([sigma, sigma]), torch.cat([c, u]))
+            return self.denoise(x, sigma, c), None
+        u = self._pick(self.uncond, rows)
+        if self.batched and isinstance(c, torch.Tensor) and isinstance(u, torch.Tensor) and c.shape == u.shape:
+            out = self.denoise(torch.cat([x, x]), torch.cat([sigma, sigma]), torch.cat([c, u]))
             return out.chunk(2)
-        return denoise(x, sigma, c), denoise(x, sigma, u)
+        return self.denoise(x, sigma, c), self.denoise(x, sigma, u)
 
-    return pair
+    @property
+    def tensor_conds(self) -> bool:
+        return isinstance(self.cond, torch.Tensor) and isinstance(self.uncond, torch.Tensor)
+
+    def subset(self, rows: torch.Tensor, cond: torch.Tensor | None = None) -> "CfgPair":
+        """The pair of batch rows `rows` (tensor conds only), with `cond` in place of theirs if given."""
+        return CfgPair(self.denoise, self._pick(self.cond, rows) if cond is None else cond,
+                       self._pick(self.uncond, rows), self.batched)
+
+
+def cfg_pair(denoise: Callable[[torch.Tensor, torch.Tensor, Any], torch.Tensor], cond: Any, uncond: Any,
+             batched: bool = True) -> CfgPair:
+    """A PairDenoiser from `denoise(x, sigma, c) -> x0` (see CfgPair)."""
+    return CfgPair(denoise, cond, uncond, batched)
 
 
 def step(sampler: str, x: torch.Tensor, denoised: torch.Tensor, sigma: float, sigma_next: float) -> torch.Tensor:
@@ -85,8 +106,46 @@ def guarded_sample(pair: PairDenoiser, x: torch.Tensor, sigmas: torch.Tensor, se
     """Sample with classifier-free guidance while the guard watches (and, in mitigate mode, steers).
 
     In detect mode, and for items that are never flagged, the arithmetic is exactly that of
-    `plain_sample`: the guard only reads.
+    `plain_sample`: the guard only reads. Strategies that restart a flagged item (RESTART_STRATEGIES)
+    sample it again after the run, from the same starting latent.
     """
+    result = _guarded_pass(pair, x, sigmas, settings, cfg, region, config, sampler, callback)
+    if config.mode == "mitigate" and region is not None and config.strategy in RESTART_STRATEGIES:
+        result = _restart_flagged(result, pair, x, sigmas, settings, cfg, region, config, sampler)
+    return result
+
+
+def _restart_flagged(first: SampleResult, pair, x, sigmas, settings, cfg, region, config, sampler) -> SampleResult:
+    """Re-prompt the flagged items (core/reprompt.py) and sample them again from the same start;
+    the report keeps the first run's detection and says what the second run did."""
+    guard = first.guard
+    flagged = guard.flagged() & (guard.non_finite < 0)
+    if not bool(flagged.any()):
+        return first
+    if not isinstance(pair, CfgPair) or not pair.tensor_conds:
+        guard.notes.append("reprompt needs the prompt embedding as a tensor (a CfgPair from cfg_pair); "
+                           "the flagged items were left as sampled")
+        first.report = guard.report()
+        return first
+    rows = flagged.nonzero().flatten()
+    dev = rows.to(x.device)
+    sig = [float(s) for s in sigmas]
+    target = float(region.mean[region.row("gap"), 0])
+    s0 = torch.full((len(rows),), sig[0], device=x.device, dtype=x.dtype)
+    with torch.no_grad():
+        d_u = pair.denoise(x[dev], s0, pair.uncond[dev])
+    moved = reprompt(pair.denoise, x[dev], sig[0], pair.cond[dev], d_u, target)
+    second = _guarded_pass(pair.subset(rows, moved.context), x[dev], sigmas, settings, cfg, region,
+                           replace(config, mode="detect"), sampler, None)
+    latent = first.latent.clone()
+    latent[dev] = second.latent.to(latent.dtype)
+    guard.steered_steps[:, rows] = True
+    guard.note_extra_evals(moved.model_calls * len(rows) + guard.steps * len(rows))
+    guard.notes += reprompt_notes(rows.tolist(), moved, target, second.guard.flagged().tolist())
+    return SampleResult(latent, guard.report(), guard)
+
+
+def _guarded_pass(pair, x, sigmas, settings, cfg, region, config, sampler, callback) -> SampleResult:
     sampler = sampler or settings.sampler
     if sampler not in SAMPLERS:
         raise ValueError(f"unknown sampler {sampler!r}; the core samples with {', '.join(SAMPLERS)}")

@@ -71,8 +71,8 @@ class Testbed:
     def unknown_words(self, caption: str) -> list[str]:
         return unknown_words(caption, self.vocab)
 
-    @torch.no_grad()
     def denoise(self, x: torch.Tensor, sigma: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
+        # differentiable in the context (core/reprompt.py); the weights never need gradients
         s = sigma.float().view(-1, *([1] * (x.ndim - 1)))
         z = x.float() / (1 + s * s).sqrt()
         t = self.schedule.timestep(sigma.float().cpu()).to(x.device).float()

@@ -1,10 +1,12 @@
 """The guarded sampler on an analytic toy model (tests/unit/toy.py)."""
 
+import re
+
 import pytest
 import torch
 from toy_model import denoise, karras
 
-from memguard.core.guard import STRATEGIES, GuardConfig
+from memguard.core.guard import RESTART_STRATEGIES, STRATEGIES, GuardConfig
 from memguard.core.region import RegionMismatch
 from memguard.core.sampling import calibrate, cfg_pair, guarded_sample, plain_sample
 from memguard.core.settings import RunSettings
@@ -65,7 +67,32 @@ def test_mitigation_touches_only_flagged_items(region, strategy, exact):
         assert item.corrected_steps
     else:
         assert item.steered_steps
-    assert (r.report.extra_model_calls > 0) == exact
+    # restarting strategies always sample the item again; the others call the model again only in exact mode
+    assert (r.report.extra_model_calls > 0) == (exact or strategy in RESTART_STRATEGIES)
+
+
+def test_reprompt_moves_a_flagged_prompt_until_its_pull_is_ordinary_and_samples_it_again(region):
+    cond, uncond = torch.cat([mus(2, 0.3, 62), mus(1, 1.0, 63)]), torch.zeros(3, *SHAPE)
+    x = noise(3, 9)
+    r = guarded_sample(cfg_pair(denoise, cond, uncond), x, SIGMAS, settings(), CFG, region=region,
+                       config=GuardConfig(mode="mitigate", strategy="reprompt"))
+    plain = plain_sample(cfg_pair(denoise, cond, uncond), x, SIGMAS, CFG)
+    assert torch.equal(r.latent[:2], plain[:2])
+    assert r.report.items[2].flagged and r.report.items[2].steered_steps == list(range(STEPS))
+    note = next(n for n in r.report.notes if n.startswith("item 2: re-prompted"))
+    before, after, ordinary = map(float, re.search(r"gap ([\d.]+) -> ([\d.]+), ordinary ([\d.]+)", note).groups())
+    assert after <= ordinary < before     # moved until its first-step pull is the calibration's mean
+    assert not torch.equal(r.latent[2], plain[2])
+    assert r.report.extra_model_calls > STEPS   # the descent and the second run are counted
+
+
+def test_reprompt_without_a_tensor_embedding_says_so(region):
+    cond, uncond = mus(1, 4.0, 63), torch.zeros(1, *SHAPE)
+    inner = cfg_pair(denoise, cond, uncond)
+    r = guarded_sample(lambda *a: inner(*a), noise(1, 9), SIGMAS, settings(), CFG, region=region,
+                       config=GuardConfig(mode="mitigate", strategy="reprompt"))
+    assert r.report.items[0].flagged
+    assert any("reprompt needs the prompt embedding" in n for n in r.report.notes)
 
 
 @pytest.mark.parametrize("off_scale", [0.0, -0.5])
