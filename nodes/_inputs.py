@@ -35,7 +35,10 @@ def guard_inputs() -> list[io.Input]:
                                "flagged step (no copy, but the prompt stops steering it). orthogonal: keeps guiding "
                                "minus the direction that pulled toward the copy (keeps more of the prompt, removes "
                                "fewer copies). delayed_guidance: guidance off until the trajectory leaves the "
-                               "memorized basin (Jain et al.). stability: the paper's rescale-and-clamp correction."),
+                               "memorized basin (Jain et al.). stability: the paper's rescale-and-clamp correction. "
+                               "reprompt: after the run, the flagged image's prompt embedding is moved until its "
+                               "pull is that of ordinary prompts (Wen et al.) and the image is sampled again from "
+                               "the same noise (Guarded KSampler and model patch only; costs about a second run)."),
         io.Boolean.Input("exact", default=_G.exact, **advanced(io.Boolean),
                          tooltip="Redo the flagged step with the new guidance (or re-evaluate the model where a "
                                  "correction moved the latent): one extra model call at that step, only when an "

@@ -11,22 +11,24 @@ from __future__ import annotations
 import logging
 import os
 from collections import OrderedDict, deque
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import comfy.patcher_extension
 import comfy.samplers
 import torch
 
 from ..core.calibration import RegionSet, find_matching
-from ..core.guard import GuardConfig, StabilityGuard, finite_or_none
+from ..core.guard import RESTART_STRATEGIES, GuardConfig, StabilityGuard, finite_or_none
 from ..core.hooked import HookedRun
 from ..core.region import StabilityRegion
 from ..core.region_file import RegionFileError, load_region, read_settings
 from ..core.report import RunReport
+from ..core.reprompt import notes as reprompt_notes
 from ..core.settings import RunSettings
 from . import _paths
 from ._compat import executing_node_id, send_ui_event
 from ._model_id import model_identity
+from .reprompt_hooks import FirstCall, move_embeddings, with_apply_wrapper
 
 KEY = "memorization_guard"
 STEP_EVENT = "memguard.step"
@@ -202,14 +204,65 @@ def _sampler_sample_wrapper(spec: GuardSpec):
                 callback(step, x0, x, total)
 
         model_options = dict(extra_args.get("model_options", {}))
+        first = None
+        if guard.mitigating and spec.config.strategy in RESTART_STRATEGIES:
+            first = FirstCall(noise.shape[0], float(sigmas[0]))   # what a second run re-prompts from
+            model_options = with_apply_wrapper(model_options, first)
         model_options["transformer_options"] = {**model_options.get("transformer_options", {}), KEY: run}
         out = executor(guider, sigmas, {**extra_args, "model_options": model_options}, on_step,
                        noise, latent_image, denoise_mask, disable_pbar)
         out = run.finish(out)   # the last step's correction, if the strategy corrects latents
+        if first is not None:
+            out = _reprompt_flagged(spec, guard, first, name, executor, guider, sigmas,
+                                    {**extra_args, "model_options": model_options}, callback,
+                                    noise, latent_image, denoise_mask, disable_pbar, out)
         publish_run(spec, guard, guider, guider.model_patcher.model.process_latent_out(out), node, last_step_event=True)
         return out
 
     return wrapper
+
+
+def _reprompt_flagged(spec, guard, first, name, executor, guider, sigmas, extra_args, callback, noise, latent_image,
+                      denoise_mask, disable_pbar, out):
+    """Strategy `reprompt`: move the flagged items' positive embeddings and run the sampler again
+    (nodes/reprompt_hooks.py); their rows of the output come from the second run."""
+    rows = (guard.flagged() & (guard.non_finite < 0)).nonzero().flatten().tolist()
+    if not rows:
+        return out
+    if not first.ready:
+        guard.notes.append("reprompt: the conditioning is not one positive and one negative per image (area, "
+                           "timestep-ranged or combined conds); the flagged items were left as sampled")
+        return out
+    target = float(guard.region.mean[guard.region.row("gap"), 0])
+    try:
+        moved = move_embeddings(guider.model_patcher.model, first, rows, target)
+    except RuntimeError as e:   # a model that cannot give gradients (e.g. weights kept as inference tensors)
+        guard.notes.append(f"reprompt could not take gradients through this model ({e}); the flagged items were "
+                           "left as sampled")
+        return out
+    first.substitute = {r: moved.context[k] for k, r in enumerate(rows)}
+    check = StabilityGuard(guard.settings, torch.tensor(guard.sigmas), guard.batch, guard.region,
+                           replace(spec.config, mode="detect"))
+    second = HookedRun(check, float(getattr(guider, "cfg", 1.0)), name)
+
+    def on_step(step, x0, x, total):
+        second.on_step(step, x, x0)
+        if callback is not None:   # the progress bar (and Cancel) follow the second run too
+            callback(step, x0, x, total)
+
+    model_options = dict(extra_args["model_options"])
+    model_options["transformer_options"] = {**model_options["transformer_options"], KEY: second}
+    redo = executor(guider, sigmas, {**extra_args, "model_options": model_options}, on_step,
+                    noise, latent_image, denoise_mask, disable_pbar)
+    redo = second.finish(redo)
+    idx = torch.tensor(rows, device=out.device)
+    out = out.clone()
+    out[idx] = redo[idx].to(out.dtype)
+    guard.steered_steps[:, rows] = True
+    guard.note_extra_evals(moved.model_calls * len(rows) + guard.steps * guard.batch)
+    flagged_again = check.flagged().tolist()
+    guard.notes += reprompt_notes(rows, moved, target, [flagged_again[r] for r in rows])
+    return out
 
 
 def _post_cfg(args):

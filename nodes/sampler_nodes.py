@@ -8,7 +8,7 @@ from comfy_api.latest import io, ui
 import nodes as comfy_nodes  # ComfyUI's nodes.py (this pack's folder is reached by relative imports only)
 
 from ..core.calibration import RegionSet
-from ..core.guard import GuardConfig
+from ..core.guard import RESTART_STRATEGIES, GuardConfig
 from ._inputs import REPORT, calibration_input, guard_config, guard_inputs
 from .calibrating import CalibrationPlan
 from .guard_hooks import RECENT_RUNS, GuardSpec, patch_model
@@ -131,6 +131,10 @@ class GuardedSampler(io.ComfyNode):
     @classmethod
     def execute(cls, sampler, calibration=None, mode=GuardConfig.mode, **thresholds) -> io.NodeOutput:
         spec = GuardSpec(guard_config(mode, **thresholds), calibration=_checked(calibration))
+        if spec.config.mode == "mitigate" and spec.config.strategy in RESTART_STRATEGIES:
+            raise ValueError(f"The guarded SAMPLER runs one step at a time and cannot sample a flagged image again, "
+                             f"which strategy '{spec.config.strategy}' does. Use it with the Guarded KSampler or "
+                             "'Memorization Guard (model patch)' (any sampler node), or pick another strategy here.")
         return io.NodeOutput(guarded_sampler(sampler, spec))
 
 

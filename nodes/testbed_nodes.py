@@ -24,7 +24,8 @@ def _load() -> tuple[Testbed, object]:
     key = (str(WEIGHTS), os.path.getmtime(WEIGHTS))
     if key not in _loaded:
         _loaded.clear()
-        tb = load_testbed(WEIGHTS)
+        with torch.inference_mode(False):   # ordinary weights: the reprompt strategy takes gradients through them
+            tb = load_testbed(WEIGHTS)
         _loaded[key] = (tb, testbed_model_patcher(tb))
     return _loaded[key]
 
