@@ -109,6 +109,21 @@ def copy_table(rec, truth, partial: float) -> None:
               f"{float(truth['ssim'][idx].median()):.3f}{by_level}")
 
 
+def prepared(weights: Path, out: Path, split: str, threads: int):
+    """Everything a graded benchmark starts from: the model, its schedule and settings, the
+    calibration recording and region, the recordings and copy truth of validation and `split`,
+    and the partial-copy level (placed on validation)."""
+    out.mkdir(parents=True, exist_ok=True)
+    tb, sigmas, settings = setup(weights, out, threads)
+    splits = ["validation"] + ([split] if split != "validation" else [])
+    calib, region, recs = recordings(tb, sigmas, settings, out, splits)
+    tr = truths(tb, recs, out)
+    val = recs["validation"]
+    reference = [i for i, g in enumerate(val.gens) if g.kind in REFERENCE_KINDS]
+    partial = partial_threshold(tr["validation"]["corr"][reference])
+    return tb, sigmas, settings, calib, region, recs, tr, partial
+
+
 def zscores(rec, region) -> torch.Tensor:
     """[B, N, Q] signed z of recorded trajectories against the region (as the guard computes them)."""
     return (rec.values - region.mean.T.unsqueeze(0)) / region.std.T.unsqueeze(0)
@@ -196,14 +211,7 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=2)
     args = ap.parse_args()
     out = args.out or Path("bench_out") / args.weights.stem
-    out.mkdir(parents=True, exist_ok=True)
-    tb, sigmas, settings = setup(args.weights, out, args.threads)
-    splits = ["validation"] + ([args.split] if args.split != "validation" else [])
-    calib, region, recs = recordings(tb, sigmas, settings, out, splits)
-    tr = truths(tb, recs, out)
-    val = recs["validation"]
-    reference = [i for i, g in enumerate(val.gens) if g.kind in REFERENCE_KINDS]
-    partial = partial_threshold(tr["validation"]["corr"][reference])
+    tb, sigmas, settings, calib, region, recs, tr, partial = prepared(args.weights, out, args.split, args.threads)
     rec, truth = recs[args.split], tr[args.split]
     print(f"{args.weights.name} ({tb.identity}), split {args.split}: {SAMPLER}/{SCHEDULER} {STEPS} steps, cfg {CFG}; "
           f"{len(calib.gens)} calibration runs, {len(rec.gens)} generations")

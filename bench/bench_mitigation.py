@@ -14,7 +14,8 @@ and prints per strategy:
 - the Frechet distance of the flagged, mitigated images to ordinary generations, beside its noise
   floor (bench/fidelity.py);
 - the share of generations of non-memorized prompts that come out bit-identical to detect mode;
-- the cost: extra model calls per flagged image, and mitigate-mode wall time over detect mode's.
+- the cost: extra model evaluations per flagged image (and, with --timing, wall time on a quiet
+  machine: non-memorized generations over plain sampling, flagged ones over detect mode).
 Strategy "none" is detect mode itself (the copies as they come). It also writes, per strategy, a
 picture of the flagged generations (first row detect mode, second the strategy) and a
 copy-versus-adherence plot, into --out. Nothing here is a test: it prints measurements.
@@ -33,12 +34,12 @@ from PIL import Image, ImageDraw
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repo root, for `core` and `bench`
 
-from bench.bench_graded import CFG, recordings, scorers, setup, truths, zscores  # noqa: E402
+from bench.bench_graded import CFG, prepared, scorers, zscores  # noqa: E402
 from bench.checker import load_checker  # noqa: E402
-from bench.copies import VERBATIM, StreamBank, partial_threshold  # noqa: E402
+from bench.copies import VERBATIM, StreamBank  # noqa: E402
 from bench.fidelity import matched_frechet  # noqa: E402
 from bench.testbeds.graded import GradedStream  # noqa: E402
-from bench.testbeds.prompts import MEMORIZED_KINDS, REFERENCE_KINDS, split_set  # noqa: E402
+from bench.testbeds.prompts import MEMORIZED_KINDS, split_set  # noqa: E402
 from core.guard import STRATEGIES, GuardConfig  # noqa: E402
 from core.sampling import guarded_sample, plain_sample  # noqa: E402
 from core.schedule import start_latent  # noqa: E402
@@ -49,39 +50,24 @@ CHUNK = 64   # bench/trajectories.py's batches: the same batches give the same a
 
 
 def mitigated(tb, gens, sigmas, settings, region, strategy: str, cache: Path):
-    """(latents [N, ...], extra model calls, seconds) of `gens` in mitigate mode, cached in `cache`."""
+    """(latents [N, ...], extra model calls) of `gens` in mitigate mode, cached in `cache`."""
     if cache.is_file():
         d = torch.load(cache, weights_only=True)
         if d["n"] == len(gens):
-            return d["latents"], int(d["extra"]), float(d["seconds"])
+            return d["latents"], int(d["extra"])
     config = GuardConfig(mode="mitigate", strategy=strategy)
-    latents, extra, seconds = [], 0, 0.0
+    latents, extra = [], 0
     for start in range(0, len(gens), CHUNK):
         part = gens[start:start + CHUNK]
         pair = tb.pair([g.caption for g in part])
         x = start_latent(tb.noise([g.seed for g in part]), sigmas, tb.schedule.sigma_max)
-        t0 = time.perf_counter()
         res = guarded_sample(pair, x, sigmas, settings, CFG, region=region, config=config)
-        seconds += time.perf_counter() - t0
         latents.append(res.latent)
         extra += res.guard.extra_evals
         print(f"  {strategy}: sampled {start + len(part)}/{len(gens)}", flush=True)
     out = torch.cat(latents)
-    torch.save({"n": len(gens), "latents": out, "extra": extra, "seconds": seconds}, cache)
-    return out, extra, seconds
-
-
-def detect_seconds(tb, gens, sigmas, settings, region) -> float:
-    """Wall time of the same batches in detect mode (measured here, beside the mitigate runs)."""
-    seconds = 0.0
-    for start in range(0, len(gens), CHUNK):
-        part = gens[start:start + CHUNK]
-        pair = tb.pair([g.caption for g in part])
-        x = start_latent(tb.noise([g.seed for g in part]), sigmas, tb.schedule.sigma_max)
-        t0 = time.perf_counter()
-        guarded_sample(pair, x, sigmas, settings, CFG, region=region, config=GuardConfig(mode="detect"))
-        seconds += time.perf_counter() - t0
-    return seconds
+    torch.save({"n": len(gens), "latents": out, "extra": extra}, cache)
+    return out, extra
 
 
 def timing(tb, gens, sigmas, settings, region, strategy: str, ordinary: list[int], flagged: list[int],
@@ -167,14 +153,7 @@ def main() -> None:
     if unknown:
         raise SystemExit(f"unknown strategy {', '.join(unknown)}; choose from {', '.join(STRATEGIES)}")
     out = args.out or Path("bench_out") / args.weights.stem
-    out.mkdir(parents=True, exist_ok=True)
-    tb, sigmas, settings = setup(args.weights, out, args.threads)
-    splits = ["validation"] + ([args.split] if args.split != "validation" else [])
-    calib, region, recs = recordings(tb, sigmas, settings, out, splits)
-    tr = truths(tb, recs, out)
-    val = recs["validation"]
-    reference_kinds = [i for i, g in enumerate(val.gens) if g.kind in REFERENCE_KINDS]
-    partial = partial_threshold(tr["validation"]["corr"][reference_kinds])
+    tb, sigmas, settings, calib, region, recs, tr, partial = prepared(args.weights, out, args.split, args.threads)
     rec = recs[args.split]
     gens = split_set(tb.data, args.split)
     assert [g.seed for g in gens] == [g.seed for g in rec.gens]
@@ -189,13 +168,9 @@ def main() -> None:
           f"{len(hit)} of them flagged; {len(others)} non-memorized generations (other prompts, no copy in detect mode), "
           f"{int(flagged[others].sum())} of them flagged; partial-copy level {partial:.2f}")
 
-    runs = {"none": (rec.latents, 0, float("nan"))}
+    runs = {"none": (rec.latents, 0)}
     for strategy in strategies:   # sampling first (cached): the analysis below can be rerun alone
         runs[strategy] = mitigated(tb, gens, sigmas, settings, region, strategy, out / f"{args.split}_mitigate_{strategy}.pt")
-    t_path = out / f"{args.split}_detect_seconds.json"   # measured once, beside the mitigate runs
-    if not t_path.is_file() and strategies:
-        t_path.write_text(json.dumps(detect_seconds(tb, gens, sigmas, settings, region)))
-    t_detect = json.loads(t_path.read_text()) if t_path.is_file() else float("nan")
     checker = load_checker(args.checker)
     detect_images = tb.decode(rec.latents)
     ordinary_images = tb.decode(calib.latents)
@@ -210,7 +185,7 @@ def main() -> None:
 
     bank = None
     rows = {}
-    for strategy, (latents, extra, seconds) in runs.items():
+    for strategy, (latents, extra) in runs.items():
         images = tb.decode(latents)
         truth_path = out / f"truth_{args.split}_mitigate_{strategy}.json"
         if strategy == "none":
@@ -240,7 +215,6 @@ def main() -> None:
             "adherence_two": float(adherence[two].nanmean()) if two else float("nan"),
             "fd": fd, "fd_floor": floor, "fd_n": n_fd, "others_identical": identical,
             "extra_calls_per_flagged": extra / max(1, int(flagged.sum())),
-            "time_ratio": seconds / t_detect,
         }
         rows[strategy] = row
         print(f"\n  {strategy}")
@@ -254,8 +228,7 @@ def main() -> None:
         print(f"    non-memorized generations bit-identical to detect mode: {identical * 100:.1f} %")
         if strategy != "none":
             print(f"    cost: {row['extra_calls_per_flagged']:.1f} extra model evaluations per flagged image "
-                  f"(a 50-step run makes 50); sampling the split took {row['time_ratio']:.2f} x detect mode's time "
-                  f"(beside other work: see --timing for a quiet measurement)")
+                  f"(a 50-step run makes 50); wall time: --timing")
         strip(images, [detect_images[hit], images[hit]], out / f"{args.split}_flagged_{strategy}.png")
     if args.timing and strategies:
         ordinary = [i for i in others if not flagged[i]]
