@@ -31,6 +31,8 @@ from pathlib import Path
 
 import torch
 from PIL import Image, ImageDraw
+from safetensors import safe_open
+from safetensors.torch import save_file
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repo root, for `core` and `bench`
 
@@ -50,11 +52,12 @@ CHUNK = 64   # bench/trajectories.py's batches: the same batches give the same a
 
 
 def mitigated(tb, gens, sigmas, settings, region, strategy: str, cache: Path):
-    """(latents [N, ...], extra model calls) of `gens` in mitigate mode, cached in `cache`."""
+    """(latents [N, ...], extra model calls) of `gens` in mitigate mode, cached in `cache` (safetensors)."""
     if cache.is_file():
-        d = torch.load(cache, weights_only=True)
-        if d["n"] == len(gens):
-            return d["latents"], int(d["extra"])
+        with safe_open(str(cache), framework="pt") as f:
+            meta = f.metadata() or {}
+            if meta.get("n") == str(len(gens)):
+                return f.get_tensor("latents"), int(meta["extra"])
     config = GuardConfig(mode="mitigate", strategy=strategy)
     latents, extra = [], 0
     for start in range(0, len(gens), CHUNK):
@@ -66,7 +69,7 @@ def mitigated(tb, gens, sigmas, settings, region, strategy: str, cache: Path):
         extra += res.guard.extra_evals
         print(f"  {strategy}: sampled {start + len(part)}/{len(gens)}", flush=True)
     out = torch.cat(latents)
-    torch.save({"n": len(gens), "latents": out, "extra": extra}, cache)
+    save_file({"latents": out.contiguous()}, str(cache), metadata={"n": str(len(gens)), "extra": str(extra)})
     return out, extra
 
 
@@ -170,7 +173,7 @@ def main() -> None:
 
     runs = {"none": (rec.latents, 0)}
     for strategy in strategies:   # sampling first (cached): the analysis below can be rerun alone
-        runs[strategy] = mitigated(tb, gens, sigmas, settings, region, strategy, out / f"{args.split}_mitigate_{strategy}.pt")
+        runs[strategy] = mitigated(tb, gens, sigmas, settings, region, strategy, out / f"{args.split}_mitigate_{strategy}.safetensors")
     checker = load_checker(args.checker)
     detect_images = tb.decode(rec.latents)
     ordinary_images = tb.decode(calib.latents)
