@@ -31,8 +31,6 @@ from pathlib import Path
 
 import torch
 from PIL import Image, ImageDraw
-from safetensors import safe_open
-from safetensors.torch import save_file
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repo root, for `core` and `bench`
 
@@ -42,35 +40,13 @@ from bench.copies import VERBATIM, StreamBank  # noqa: E402
 from bench.fidelity import matched_frechet  # noqa: E402
 from bench.testbeds.graded import GradedStream  # noqa: E402
 from bench.testbeds.prompts import MEMORIZED_KINDS, split_set  # noqa: E402
+from bench.trajectories import record  # noqa: E402
 from core.guard import STRATEGIES, GuardConfig  # noqa: E402
 from core.sampling import guarded_sample, plain_sample  # noqa: E402
 from core.schedule import start_latent  # noqa: E402
 
 CHECKER = Path(__file__).resolve().parent / "testbeds" / "weights" / "checker.safetensors"
 ONE_OBJECT_KINDS, TWO_OBJECT_KINDS = ("token", "template"), ("scene",)
-CHUNK = 64   # bench/trajectories.py's batches: the same batches give the same arithmetic
-
-
-def mitigated(tb, gens, sigmas, settings, region, strategy: str, cache: Path):
-    """(latents [N, ...], extra model calls) of `gens` in mitigate mode, cached in `cache` (safetensors)."""
-    if cache.is_file():
-        with safe_open(str(cache), framework="pt") as f:
-            meta = f.metadata() or {}
-            if meta.get("n") == str(len(gens)):
-                return f.get_tensor("latents"), int(meta["extra"])
-    config = GuardConfig(mode="mitigate", strategy=strategy)
-    latents, extra = [], 0
-    for start in range(0, len(gens), CHUNK):
-        part = gens[start:start + CHUNK]
-        pair = tb.pair([g.caption for g in part])
-        x = start_latent(tb.noise([g.seed for g in part]), sigmas, tb.schedule.sigma_max)
-        res = guarded_sample(pair, x, sigmas, settings, CFG, region=region, config=config)
-        latents.append(res.latent)
-        extra += res.guard.extra_evals
-        print(f"  {strategy}: sampled {start + len(part)}/{len(gens)}", flush=True)
-    out = torch.cat(latents)
-    save_file({"latents": out.contiguous()}, str(cache), metadata={"n": str(len(gens)), "extra": str(extra)})
-    return out, extra
 
 
 def timing(tb, gens, sigmas, settings, region, strategy: str, ordinary: list[int], flagged: list[int],
@@ -173,7 +149,11 @@ def main() -> None:
 
     runs = {"none": (rec.latents, 0)}
     for strategy in strategies:   # sampling first (cached): the analysis below can be rerun alone
-        runs[strategy] = mitigated(tb, gens, sigmas, settings, region, strategy, out / f"{args.split}_mitigate_{strategy}.safetensors")
+        # the detect recording's batches (bench/trajectories.py): the same batches give the same arithmetic
+        m = record(tb, gens, sigmas, settings, CFG, cache=out / f"{args.split}_mitigate_{strategy}.safetensors",
+                   config=GuardConfig(mode="mitigate", strategy=strategy), region=region,
+                   progress=lambda msg, s=strategy: print(f"  {s}:{msg}", flush=True))
+        runs[strategy] = (m.latents, m.extra_model_calls)
     checker = load_checker(args.checker)
     detect_images = tb.decode(rec.latents)
     ordinary_images = tb.decode(calib.latents)

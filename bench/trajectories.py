@@ -25,10 +25,11 @@ from .testbeds.prompts import Gen
 
 
 class Recording:
-    """latents [N, C, H, W] and values [N, steps, Q] of the generations `gens`."""
+    """latents [N, C, H, W] and values [N, steps, Q] of the generations `gens`, and the model
+    calls the guard added (mitigation's redone steps and second runs)."""
 
-    def __init__(self, gens: list[Gen], latents: torch.Tensor, values: torch.Tensor):
-        self.gens, self.latents, self.values = gens, latents, values
+    def __init__(self, gens: list[Gen], latents: torch.Tensor, values: torch.Tensor, extra_model_calls: int = 0):
+        self.gens, self.latents, self.values, self.extra_model_calls = gens, latents, values, extra_model_calls
 
     def select(self, keep) -> "Recording":
         idx = [i for i, g in enumerate(self.gens) if keep(g)]
@@ -48,8 +49,8 @@ def record(tb, gens: list[Gen], sigmas, settings, cfg: float, chunk: int = 64, c
         with safe_open(str(cache), framework="pt") as f:
             if (f.metadata() or {}).get("key") == key:
                 data = load_file(str(cache))
-                return Recording(gens, data["latents"], data["values"])
-    latents, values = [], []
+                return Recording(gens, data["latents"], data["values"], int(f.metadata().get("extra", "0")))
+    latents, values, extra = [], [], 0
     for start in range(0, len(gens), chunk):
         part = gens[start:start + chunk]
         pair = tb.pair([g.caption for g in part])
@@ -57,11 +58,12 @@ def record(tb, gens: list[Gen], sigmas, settings, cfg: float, chunk: int = 64, c
         res = guarded_sample(pair, x, sigmas, settings, cfg, region=region, config=config)
         latents.append(res.latent)
         values.append(res.guard.values.permute(2, 0, 1))
+        extra += res.guard.extra_evals
         if progress:
             progress(f"  sampled {start + len(part)}/{len(gens)}")
-    rec = Recording(gens, torch.cat(latents), torch.cat(values))
+    rec = Recording(gens, torch.cat(latents), torch.cat(values), extra)
     if cache is not None:
         cache.parent.mkdir(parents=True, exist_ok=True)
         save_file({"latents": rec.latents.contiguous(), "values": rec.values.contiguous()}, str(cache),
-                  metadata={"key": key})
+                  metadata={"key": key, "extra": str(extra)})
     return rec

@@ -73,8 +73,26 @@ def reprompt(denoise, x: torch.Tensor, sigma: float, context: torch.Tensor, unco
     return Reprompted(c.detach().to(context.dtype), first, g, steps, calls)
 
 
-def notes(rows: list[int], moved: Reprompted, target: float, flagged_again: list[bool]) -> list[str]:
-    """One report line per re-prompted item."""
+def restart_rows(guard) -> list[int]:
+    """The items a restart strategy samples again: flagged, with finite values throughout."""
+    return (guard.flagged() & (guard.non_finite < 0)).nonzero().flatten().tolist()
+
+
+def target_gap(region) -> float:
+    """Where the descent stops: the calibration's mean guidance gap at the first step."""
+    return float(region.mean[region.row("gap"), 0])
+
+
+def record(guard, rows: list[int], moved: Reprompted, target: float, flagged_again: list[bool],
+           second_run_evals: int) -> None:
+    """Put a restart into the first run's report: the rows count as steered at every step, the
+    descent and the second run as extra model calls, and one note per item."""
+    guard.steered_steps[:, rows] = True
+    guard.note_extra_evals(moved.model_calls * len(rows) + second_run_evals)
+    guard.notes += _notes(rows, moved, target, flagged_again)
+
+
+def _notes(rows: list[int], moved: Reprompted, target: float, flagged_again: list[bool]) -> list[str]:
     return [f"item {i}: re-prompted (embedding moved in {int(moved.iterations[k])} steps, first-step guidance gap "
             f"{float(moved.gap_before[k]):.3g} -> {float(moved.gap_after[k]):.3g}, ordinary {target:.3g}) and sampled "
             f"again from the same noise; the second run was {'flagged again' if flagged_again[k] else 'not flagged'}"

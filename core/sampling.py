@@ -19,12 +19,11 @@ from typing import Any, Protocol
 
 import torch
 
+from . import reprompt
 from .guard import RESTART_STRATEGIES, GuardConfig, StabilityGuard
 from .mitigate import guided, shifted_prediction
 from .region import RegionBuilder, StabilityRegion
 from .report import RunReport
-from .reprompt import notes as reprompt_notes
-from .reprompt import reprompt
 from .settings import RunSettings
 
 SAMPLERS = ("euler", "ddim")
@@ -119,29 +118,25 @@ def _restart_flagged(first: SampleResult, pair, x, sigmas, settings, cfg, region
     """Re-prompt the flagged items (core/reprompt.py) and sample them again from the same start;
     the report keeps the first run's detection and says what the second run did."""
     guard = first.guard
-    flagged = guard.flagged() & (guard.non_finite < 0)
-    if not bool(flagged.any()):
+    restart = reprompt.restart_rows(guard)
+    if not restart:
         return first
     if not isinstance(pair, CfgPair) or not pair.tensor_conds:
         guard.notes.append("reprompt needs the prompt embedding as a tensor (a CfgPair from cfg_pair); "
                            "the flagged items were left as sampled")
         first.report = guard.report()
         return first
-    rows = flagged.nonzero().flatten()
-    dev = rows.to(x.device)
-    sig = [float(s) for s in sigmas]
-    target = float(region.mean[region.row("gap"), 0])
-    s0 = torch.full((len(rows),), sig[0], device=x.device, dtype=x.dtype)
+    rows = torch.tensor(restart, device=x.device)
+    sigma0 = float(sigmas[0])
+    target = reprompt.target_gap(region)
     with torch.no_grad():
-        d_u = pair.denoise(x[dev], s0, pair.uncond[dev])
-    moved = reprompt(pair.denoise, x[dev], sig[0], pair.cond[dev], d_u, target)
-    second = _guarded_pass(pair.subset(rows, moved.context), x[dev], sigmas, settings, cfg, region,
+        d_u = pair.denoise(x[rows], torch.full((len(restart),), sigma0, device=x.device, dtype=x.dtype), pair.uncond[rows])
+    moved = reprompt.reprompt(pair.denoise, x[rows], sigma0, pair.cond[rows], d_u, target)
+    second = _guarded_pass(pair.subset(rows, moved.context), x[rows], sigmas, settings, cfg, region,
                            replace(config, mode="detect"), sampler, None)
     latent = first.latent.clone()
-    latent[dev] = second.latent.to(latent.dtype)
-    guard.steered_steps[:, rows] = True
-    guard.note_extra_evals(moved.model_calls * len(rows) + guard.steps * len(rows))
-    guard.notes += reprompt_notes(rows.tolist(), moved, target, second.guard.flagged().tolist())
+    latent[rows] = second.latent.to(latent.dtype)
+    reprompt.record(guard, restart, moved, target, second.guard.flagged().tolist(), guard.steps * len(restart))
     return SampleResult(latent, guard.report(), guard)
 
 

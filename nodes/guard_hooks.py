@@ -17,13 +17,13 @@ import comfy.patcher_extension
 import comfy.samplers
 import torch
 
+from ..core import reprompt
 from ..core.calibration import RegionSet, find_matching
 from ..core.guard import RESTART_STRATEGIES, GuardConfig, StabilityGuard, finite_or_none
 from ..core.hooked import HookedRun
 from ..core.region import StabilityRegion
 from ..core.region_file import RegionFileError, load_region, read_settings
 from ..core.report import RunReport
-from ..core.reprompt import notes as reprompt_notes
 from ..core.settings import RunSettings
 from . import _paths
 from ._compat import executing_node_id, send_ui_event
@@ -226,14 +226,14 @@ def _reprompt_flagged(spec, guard, first, name, executor, guider, sigmas, extra_
                       denoise_mask, disable_pbar, out):
     """Strategy `reprompt`: move the flagged items' positive embeddings and run the sampler again
     (nodes/reprompt_hooks.py); their rows of the output come from the second run."""
-    rows = (guard.flagged() & (guard.non_finite < 0)).nonzero().flatten().tolist()
+    rows = reprompt.restart_rows(guard)
     if not rows:
         return out
     if not first.ready:
         guard.notes.append("reprompt: the conditioning is not one positive and one negative per image (area, "
                            "timestep-ranged or combined conds); the flagged items were left as sampled")
         return out
-    target = float(guard.region.mean[guard.region.row("gap"), 0])
+    target = reprompt.target_gap(guard.region)
     try:
         moved = move_embeddings(guider.model_patcher.model, first, rows, target)
     except RuntimeError as e:   # a model that cannot give gradients (e.g. weights kept as inference tensors)
@@ -258,10 +258,8 @@ def _reprompt_flagged(spec, guard, first, name, executor, guider, sigmas, extra_
     idx = torch.tensor(rows, device=out.device)
     out = out.clone()
     out[idx] = redo[idx].to(out.dtype)
-    guard.steered_steps[:, rows] = True
-    guard.note_extra_evals(moved.model_calls * len(rows) + guard.steps * guard.batch)
     flagged_again = check.flagged().tolist()
-    guard.notes += reprompt_notes(rows, moved, target, [flagged_again[r] for r in rows])
+    reprompt.record(guard, rows, moved, target, [flagged_again[r] for r in rows], guard.steps * guard.batch)
     return out
 
 
