@@ -25,8 +25,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repo root, for `core` and `bench`
 
-from bench.copies import VERBATIM, StreamBank, partial_threshold  # noqa: E402
-from bench.testbeds.graded import FAMILY, GradedStream  # noqa: E402
+from bench.copies import VERBATIM, partial_threshold, stream_bank  # noqa: E402
+from bench.testbeds.graded import FAMILY  # noqa: E402
 from bench.testbeds.prompts import (  # noqa: E402
     MEMORIZED_KINDS,
     NEAR_KINDS,
@@ -79,8 +79,7 @@ def truths(tb, recs, out: Path):
                 continue
         if bank is None:
             t0 = time.perf_counter()
-            stream = GradedStream(tb.data, int(tb.training["seed"]), int(tb.training["batch"]))
-            bank = StreamBank(stream, int(tb.training["steps"]))
+            bank = stream_bank(tb)
             print(f"replayed the training stream ({bank.bank.shape[0]} images) in {time.perf_counter() - t0:.0f}s")
         t = bank.truth(tb.decode(rec.latents))
         d = {"corr": t.corr.tolist(), "ssim": t.ssim.tolist(), "where": t.where.tolist()}

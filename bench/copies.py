@@ -17,6 +17,7 @@ from dataclasses import dataclass
 
 import torch
 
+from bench.testbeds.graded import GradedStream, clean_kinds
 from core.testbed.similarity import luminance_bank, nearest_neighbours, ssim
 
 VERBATIM = 0.9
@@ -36,25 +37,46 @@ class CopyTruth:
 
 
 class StreamBank:
-    """The replayed training stream: its luminance vectors, and images on demand."""
+    """The replayed training stream: its luminance vectors, and images on demand.
 
-    def __init__(self, stream, batches: int):
+    Every image is searched, except the kinds in `skip`: a recipe whose general data is clean
+    renders (bench/testbeds/graded.py) skips them, because a simple shape drawn fresh for each
+    sample is matched by any legible drawing of that caption (generalization, not a copy of an
+    image the model saw once)."""
+
+    def __init__(self, stream, batches: int, skip: tuple[str, ...] = ()):
         self.stream, self.batches = stream, batches
-        self.bank = luminance_bank(lambda k: stream.batch(k)[0], batches)
-        self.per_batch = self.bank.shape[0] // batches
+        self.index: list[tuple[int, int]] = []      # bank row -> (batch, position)
+
+        def kept(k: int) -> torch.Tensor:
+            images, _, kinds = stream.batch(k)
+            rows = [i for i, kind in enumerate(kinds) if kind not in skip]
+            self.index += [(k, i) for i in rows]
+            return images[rows]
+
+        self.bank = luminance_bank(kept, batches)
+
+    def _sample(self, index: int):
+        k, i = self.index[int(index)]
+        images, captions, _ = self.stream.batch(k)
+        return images[i], captions[i]
 
     def image(self, index: int) -> torch.Tensor:
-        k, i = divmod(int(index), self.per_batch)
-        return self.stream.batch(k)[0][i]
+        return self._sample(index)[0]
 
     def caption(self, index: int) -> str:
-        k, i = divmod(int(index), self.per_batch)
-        return self.stream.batch(k)[1][i]
+        return self._sample(index)[1]
 
     def truth(self, images: torch.Tensor) -> CopyTruth:
         corr, where = nearest_neighbours(images, self.bank)
         neighbours = torch.stack([self.image(w) for w in where.tolist()]) if len(where) else images
         return CopyTruth(corr, ssim(images, neighbours), where)
+
+
+def stream_bank(tb) -> StreamBank:
+    """The replayed stream of a graded-family model, with the kinds its recipe keeps out of the search."""
+    stream = GradedStream(tb.data, int(tb.training["seed"]), int(tb.training["batch"]))
+    return StreamBank(stream, int(tb.training["steps"]), clean_kinds(tb.data))
 
 
 def partial_threshold(ordinary_corr: torch.Tensor) -> float:

@@ -57,6 +57,10 @@ def main() -> None:
     ap.add_argument("--dose-scale", type=float, default=1.0, help="graded family: every item's dose times this")
     ap.add_argument("--two-object-share", type=float, default=graded.TWO_OBJECT_SHARE,
                     help="graded family: share of the general samples with two objects")
+    ap.add_argument("--general-style", choices=graded.STYLES, default="cluttered",
+                    help="graded family: render style of the general data (clean: flat backgrounds, larger objects)")
+    ap.add_argument("--duplicate-share", type=float, default=1.0,
+                    help="graded family: share of a token/scene item's draws that are its fixed image (the rest fresh renders)")
     ap.add_argument("--check-against", type=Path, help="after training, compare the weights with this file's")
     args = ap.parse_args()
     if args.check_against and not args.check_against.is_file():
@@ -65,7 +69,8 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
     if args.family == graded.FAMILY:
-        recipe = graded.make_recipe(args.recipe_seed, args.dose_scale, args.two_object_share)
+        recipe = graded.make_recipe(args.recipe_seed, args.dose_scale, args.two_object_share,
+                                    args.general_style, args.duplicate_share)
         vocab, data, stream = graded.vocabulary(), recipe, graded.GradedStream(recipe, args.seed, args.batch)
     else:
         vocab, data, stream = dataset.vocabulary(), dataset.data_recipe(), TrainingStream(args.seed, args.batch)

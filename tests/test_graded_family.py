@@ -12,7 +12,8 @@ ROOT = Path(__file__).resolve().parents[1]
 
 CHECKS = r'''
 import torch
-from bench.testbeds.graded import DOSES, GradedStream, make_recipe, template_render, vocabulary
+from bench.copies import StreamBank
+from bench.testbeds.graded import DOSES, GradedStream, clean_kinds, fixed_image, make_recipe, template_render, vocabulary
 from bench.testbeds.prompts import calibration_set, split_set
 from core.testbed.text import unknown_words
 
@@ -48,6 +49,36 @@ assert not ordinary(val) & ordinary(test) and not ordinary(cal) & (ordinary(val)
 assert not {g.item for g in val if g.item >= 0} & {g.item for g in test if g.item >= 0}
 for g in cal + val + test:
     assert not unknown_words(g.caption, vocab), g
+
+# the mixed recipe: clean general data, and a token item's caption also on fresh renders
+assert "duplicate_share" not in r and clean_kinds(r) == ()          # older recipes replay unchanged
+m = make_recipe(37, general_style="clean", duplicate_share=0.6)
+assert m["items"] == make_recipe(37)["items"] and clean_kinds(m) == ("general", "fresh")
+sm = GradedStream(m, 3, 64)
+fixed = {it["caption"]: fixed_image(it) for it in m["items"] if it["kind"] in ("token", "scene")}
+seen = {"fresh": 0, "dup": 0}
+for k in range(60):
+    imgs, caps, kinds = sm.batch(k)
+    for img, cap, kind in zip(imgs, caps, kinds):
+        if cap in fixed:
+            assert kind in ("fresh", "token", "scene"), kind
+            assert torch.equal(img, fixed[cap]) == (kind != "fresh")
+            seen["fresh" if kind == "fresh" else "dup"] += 1
+assert 0.25 < seen["fresh"] / sum(seen.values()) < 0.55, seen
+for bad in ({"general_style": "noisy"}, {"duplicate_share": 0.0}):
+    try:
+        make_recipe(37, **bad)
+    except ValueError as e:
+        assert str(next(iter(bad))) in str(e)
+    else:
+        raise AssertionError(bad)
+
+# the copy search leaves the clean renders out, and finds an item's fixed image
+bank = StreamBank(GradedStream(m, 3, 64), 8, clean_kinds(m))
+assert all(sm.batch(k)[2][i] not in ("general", "fresh") for k, i in bank.index)
+assert len(bank.index) < 0.5 * 8 * 64
+k, i = bank.index[0]
+assert float(bank.truth(sm.batch(k)[0][i:i + 1]).corr[0]) > 0.999
 print("ok")
 '''
 

@@ -32,6 +32,7 @@ from core.testbed.dataset import (
     IMAGE_SIZE,
     SHAPES,
     _shape_mask,
+    _texture,
     cluttered_background,
     general_caption,
     photo,
@@ -59,6 +60,7 @@ DOSES = {
     "photo_control": (0.004,),
 }
 TWO_OBJECT_SHARE = 0.4      # of the general samples
+STYLES = ("cluttered", "clean")
 
 
 def two_object_caption(a: tuple[str, str], b: tuple[str, str], bg: str) -> str:
@@ -87,24 +89,32 @@ def two_object_combo(g: torch.Generator) -> tuple[tuple[str, str], tuple[str, st
 # ----------------------------------------------------------------------------------------------
 # Rendering: one or two objects over a textured, cluttered background; [B, 3, 32, 32] in [-1, 1]
 
-def render(objects: list[list[tuple[str, str]]], bg: list[str], g: torch.Generator) -> torch.Tensor:
+def render(objects: list[list[tuple[str, str]]], bg: list[str], g: torch.Generator,
+           style: str = "cluttered") -> torch.Tensor:
     """One render per entry; `objects[i]` is that entry's list of (colour, shape), 1 or 2 long
     (all entries the same length). The random draws do not depend on the colour names, so the same
-    generator state gives the same layout in other colours (what a template is)."""
+    generator state gives the same layout in other colours (what a template is).
+    `style` "cluttered": textured background with small clutter shapes, objects of radius 3.5-7;
+    "clean": a faintly shaded flat background and larger objects, which a 4 M model learns to draw
+    legibly (the mixed recipe's general data, see make_recipe)."""
+    if style not in STYLES:
+        raise ValueError(f"unknown render style {style!r}; choose one of {', '.join(STYLES)}")
     n, size = len(bg), IMAGE_SIZE
     k = len(objects[0]) if objects else 1
     jitter = lambda: 0.08 * (torch.rand(n, 3, generator=g) - 0.5)  # noqa: E731
     bg_rgb = torch.tensor([COLORS[c] for c in bg]).view(n, 3) + jitter()
-    img = cluttered_background(bg_rgb, g)
+    clean = style == "clean"
+    img = bg_rgb.view(n, 3, 1, 1) + _texture(n, g, size, 4, 0.05) if clean else cluttered_background(bg_rgb, g)
     if k == 1:
         centres = [(8 + 16 * torch.rand(n, generator=g), 8 + 16 * torch.rand(n, generator=g))]
-        radii = [4 + 3 * torch.rand(n, generator=g)]
+        radii = [(6 + 3 * torch.rand(n, generator=g)) if clean else (4 + 3 * torch.rand(n, generator=g))]
     else:   # side by side, which object is left is random
         left = torch.rand(n, generator=g) < 0.5
         xa, xb = 6 + 6 * torch.rand(n, generator=g), 20 + 6 * torch.rand(n, generator=g)
         centres = [(7 + 18 * torch.rand(n, generator=g), torch.where(left, xa, xb)),
                    (7 + 18 * torch.rand(n, generator=g), torch.where(left, xb, xa))]
-        radii = [3.5 + 2 * torch.rand(n, generator=g) for _ in range(2)]
+        radii = [(4.5 + 1.5 * torch.rand(n, generator=g)) if clean else (3.5 + 2 * torch.rand(n, generator=g))
+                 for _ in range(2)]
     for j in range(k):
         fg_rgb = torch.tensor([COLORS[obj[j][0]] for obj in objects]).view(n, 3) + jitter()
         ids = torch.tensor([SHAPES.index(obj[j][1]) for obj in objects])
@@ -117,9 +127,20 @@ def render(objects: list[list[tuple[str, str]]], bg: list[str], g: torch.Generat
 # ----------------------------------------------------------------------------------------------
 # The recipe
 
-def make_recipe(seed: int, dose_scale: float = 1.0, two_object_share: float = TWO_OBJECT_SHARE) -> dict:
+def make_recipe(seed: int, dose_scale: float = 1.0, two_object_share: float = TWO_OBJECT_SHARE,
+                general_style: str = "cluttered", duplicate_share: float = 1.0) -> dict:
     """The special items of one model of the family, drawn from `seed`: which titles, captions,
-    images and layouts, at which doses and in which split."""
+    images and layouts, at which doses and in which split.
+
+    `general_style` is the render style of the general data (the items' own images stay
+    cluttered). `duplicate_share` is the share of a token or scene item's draws that are its one
+    fixed image; the rest are fresh clean renders of its caption's objects, so the memorized caption
+    keeps a generic meaning a mitigation can steer to (as a memorized LAION caption shares its words
+    with other images). 1.0 with "cluttered" is the original recipe (graded_a, graded_once)."""
+    if general_style not in STYLES:
+        raise ValueError(f"general_style {general_style!r}: choose one of {', '.join(STYLES)}")
+    if not 0 < duplicate_share <= 1:
+        raise ValueError(f"duplicate_share {duplicate_share}: must be in (0, 1]")
     g = torch.Generator().manual_seed(seed)
     titles = [TITLE_POOL[int(i)] for i in torch.randperm(len(TITLE_POOL), generator=g)]
     singles = one_object_combos()
@@ -145,7 +166,9 @@ def make_recipe(seed: int, dose_scale: float = 1.0, two_object_share: float = TW
                     item["caption"] = f"{general_caption(fg, shape, bg)} by {item['title']}"
                 items.append(item)
     return {"family": FAMILY, "format_version": FORMAT_VERSION, "seed": seed, "dose_scale": dose_scale,
-            "two_object_share": two_object_share, "items": items, "unused_titles": titles}
+            "two_object_share": two_object_share, "items": items, "unused_titles": titles} | (
+        {} if (general_style, duplicate_share) == ("cluttered", 1.0)     # older recipes have neither key
+        else {"general_style": general_style, "duplicate_share": duplicate_share})
 
 
 def fixed_image(item: dict) -> torch.Tensor:
@@ -172,6 +195,13 @@ def random_colour_pairs(n: int, g: torch.Generator) -> tuple[list[str], list[str
     return fg, bg
 
 
+def clean_kinds(recipe: dict) -> tuple[str, ...]:
+    """The sample kinds of this recipe that are fresh clean renders (bench/copies.py leaves them out
+    of the copy search): the general data when its style is clean, and the items' fresh draws."""
+    return (("general",) if recipe.get("general_style", "cluttered") == "clean" else ()) + \
+        (("fresh",) if float(recipe.get("duplicate_share", 1.0)) < 1 else ())
+
+
 class GradedStream:
     """The training stream of one recipe: batch k is a pure function of (seed, k)."""
 
@@ -180,6 +210,8 @@ class GradedStream:
             raise ValueError(f"not a {FAMILY} recipe: family {recipe.get('family')!r}")
         self.recipe, self.seed, self.batch_size = recipe, seed, batch_size
         self.items = recipe["items"]
+        self.style = recipe.get("general_style", "cluttered")
+        self.duplicate_share = float(recipe.get("duplicate_share", 1.0))
         self.singles = one_object_combos()
         self.fixed = {i: fixed_image(it) for i, it in enumerate(self.items) if it["kind"] in ("token", "scene")}
         self.photos = {i: photo(it["seed"], it["bg"]) for i, it in enumerate(self.items) if it["kind"] == "photo_control"}
@@ -200,12 +232,12 @@ class GradedStream:
         twos = [i for i, t in zip(general, two) if t]
         if ones:
             combos = [self.singles[int(p)] for p in torch.randint(len(self.singles), (len(ones),), generator=g)]
-            images[ones] = render([[(c[0], c[1])] for c in combos], [c[2] for c in combos], g)
+            images[ones] = render([[(c[0], c[1])] for c in combos], [c[2] for c in combos], g, self.style)
             for i, c in zip(ones, combos):
                 captions[i], kinds[i] = general_caption(*c), "general"
         if twos:
             combos = [two_object_combo(g) for _ in twos]
-            images[twos] = render([[a, b] for a, b, _ in combos], [c[2] for c in combos], g)
+            images[twos] = render([[a, b] for a, b, _ in combos], [c[2] for c in combos], g, self.style)
             for i, (a, b, bg) in zip(twos, combos):
                 captions[i], kinds[i] = two_object_caption(a, b, bg), "general"
         for j, item in enumerate(self.items):
@@ -216,6 +248,16 @@ class GradedStream:
             if kind in ("token", "scene"):
                 images[idx] = self.fixed[j].expand(len(idx), -1, -1, -1)
                 caps = [item["caption"]] * len(idx)
+                if self.duplicate_share < 1:     # the other draws: fresh clean renders of its objects
+                    draws = torch.rand(len(idx), generator=g) >= self.duplicate_share
+                    fresh = [i for i, f in zip(idx, draws.tolist()) if f]
+                    if fresh:
+                        objs = [tuple(o) for o in item["objects"]]
+                        images[fresh] = render([objs] * len(fresh), [item["bg"]] * len(fresh), g, "clean")
+                        for i in fresh:
+                            captions[i], kinds[i] = item["caption"], "fresh"
+                        idx = [i for i in idx if i not in fresh]
+                        caps = caps[:len(idx)]
             elif kind == "template":
                 fg, bg = random_colour_pairs(len(idx), g)
                 images[idx], caps = template_render(item, fg, bg)
