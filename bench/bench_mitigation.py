@@ -35,17 +35,15 @@ from PIL import Image, ImageDraw
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repo root, for `core` and `bench`
 
 from bench.bench_graded import CFG, prepared, scorers, zscores  # noqa: E402
-from bench.checker import load_checker  # noqa: E402
-from bench.copies import VERBATIM, StreamBank  # noqa: E402
+from bench.checker import checker_for, load_checker  # noqa: E402
+from bench.copies import VERBATIM, stream_bank  # noqa: E402
 from bench.fidelity import matched_frechet  # noqa: E402
-from bench.testbeds.graded import GradedStream  # noqa: E402
 from bench.testbeds.prompts import MEMORIZED_KINDS, split_set  # noqa: E402
 from bench.trajectories import record  # noqa: E402
 from core.guard import STRATEGIES, GuardConfig  # noqa: E402
 from core.sampling import guarded_sample, plain_sample  # noqa: E402
 from core.schedule import start_latent  # noqa: E402
 
-CHECKER = Path(__file__).resolve().parent / "testbeds" / "weights" / "checker.safetensors"
 ONE_OBJECT_KINDS, TWO_OBJECT_KINDS = ("token", "template"), ("scene",)
 
 
@@ -122,7 +120,8 @@ def main() -> None:
     ap.add_argument("--out", type=Path, default=None, help="default: bench_out/<weights name>")
     ap.add_argument("--split", choices=("validation", "test"), default="validation")
     ap.add_argument("--strategies", default=",".join(STRATEGIES), help="comma-separated; 'none' is always included")
-    ap.add_argument("--checker", type=Path, default=CHECKER)
+    ap.add_argument("--checker", type=Path, default=None,
+                    help="default: the model's own checker (checker_<weights name>) if trained, else the render checker")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--timing", action="store_true",
                     help="also time the first strategy given (run it alone on a quiet machine)")
@@ -154,7 +153,8 @@ def main() -> None:
                    config=GuardConfig(mode="mitigate", strategy=strategy), region=region,
                    progress=lambda msg, s=strategy: print(f"  {s}:{msg}", flush=True))
         runs[strategy] = (m.latents, m.extra_model_calls)
-    checker = load_checker(args.checker)
+    checker_path = args.checker or checker_for(args.weights)
+    checker = load_checker(checker_path)
     detect_images = tb.decode(rec.latents)
     ordinary_images = tb.decode(calib.latents)
     ref_feat = checker.features(ordinary_images)
@@ -163,7 +163,8 @@ def main() -> None:
     base_adherence = checker.adherence(detect_images, [g.caption for g in gens])
     ordinary_one = float(base_adherence[[i for i, k in enumerate(kinds) if k == "novel_one"]].nanmean())
     ordinary_two = float(base_adherence[[i for i, k in enumerate(kinds) if k == "novel_two"]].nanmean())
-    print(f"checker: held-out renders {json.dumps(checker.meta.get('held_out', {}))}; adherence of ordinary "
+    print(f"checker {checker_path.name} (trained on {checker.meta.get('trained_on', 'renders')}), held out: "
+          f"{json.dumps(checker.meta.get('held_out', {}))}; adherence of ordinary "
           f"generations: one object {ordinary_one:.3f}, two objects {ordinary_two:.3f}")
 
     bank = None
@@ -177,8 +178,7 @@ def main() -> None:
             corr = torch.tensor(json.loads(truth_path.read_text()))
         else:
             if bank is None:
-                stream = GradedStream(tb.data, int(tb.training["seed"]), int(tb.training["batch"]))
-                bank = StreamBank(stream, int(tb.training["steps"]))
+                bank = stream_bank(tb)
             corr = bank.truth(images).corr
             truth_path.write_text(json.dumps(corr.tolist()))
         adherence = checker.adherence(images, [g.caption for g in gens])

@@ -69,15 +69,32 @@ def colour_maps(images: torch.Tensor) -> torch.Tensor:
     return torch.exp(-((x.unsqueeze(1) - PALETTE) ** 2).sum(2) / KERNEL)
 
 
+class LearnedColours(nn.Module):
+    """Per pixel, a distribution over the 12 palette colours, learnt from a model's generations:
+    at cfg 7.5 a small model draws "blue" with its own cast and saturation, which the fixed
+    likeness kernel (colour_maps) reads as no palette colour at all."""
+
+    def __init__(self):
+        super().__init__()
+        self.mix = nn.Sequential(nn.Conv2d(3, 32, 1), nn.ReLU(), nn.Conv2d(32, 32, 1), nn.ReLU(),
+                                 nn.Conv2d(32, len(COLORS), 1))
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return torch.softmax(self.mix(images.float()), dim=1)
+
+
 class AttributeNet(nn.Module):
     """Per palette colour: is there an object of that colour, and which shape(s) has it.
 
     One small CNN, shared by the 12 colours, looks at each colour's likeness map: the right
     inductive bias for "a red ring" (a ring-shaped blob in the red map), and it binds each shape
-    to its colour. The background is the colour covering most of the image."""
+    to its colour. The background is the colour covering most of the image. The likeness maps are
+    the fixed palette kernel (a checker trained on renders) or learnt (`learned_colours`, a checker
+    trained on one model's generations)."""
 
-    def __init__(self):
+    def __init__(self, learned_colours: bool = False):
         super().__init__()
+        self.colours = LearnedColours() if learned_colours else None
         self.body = nn.Sequential(
             nn.Conv2d(1, 24, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
             nn.Conv2d(24, 48, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
@@ -86,7 +103,7 @@ class AttributeNet(nn.Module):
 
     def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """(background scores [N, 12], object presence logits [N, 12], shape logits [N, 12, 6])."""
-        m = colour_maps(images)
+        m = colour_maps(images) if self.colours is None else self.colours(images)
         n, k, h, w = m.shape
         f = self.body(m.reshape(n * k, 1, h, w))
         out = self.head(torch.cat([f.amax(dim=(2, 3)), f.mean(dim=(2, 3))], dim=1)).view(n, k, -1)
@@ -148,6 +165,16 @@ class Checker:
         return out
 
 
+WEIGHTS = Path(__file__).resolve().parent / "testbeds" / "weights"
+
+
+def checker_for(weights: str | Path) -> Path:
+    """The checker that reads this model's generations (bench/train_model_checker.py) if one was
+    trained, else the render checker."""
+    own = WEIGHTS / f"checker_{Path(weights).stem}.safetensors"
+    return own if own.is_file() else WEIGHTS / "checker.safetensors"
+
+
 def load_checker(path: str | Path) -> Checker:
     path = Path(path)
     if not path.is_file():
@@ -157,15 +184,16 @@ def load_checker(path: str | Path) -> Checker:
         if meta.get("format") != FORMAT:
             raise ValueError(f"{path} is not a checker file (format {meta.get('format')!r})")
         state = {k: f.get_tensor(k) for k in f.keys()}
-    net = AttributeNet()
+    info = json.loads(meta.get("info", "{}"))
+    net = AttributeNet(learned_colours=info.get("trained_on") == "generations")
     net.load_state_dict(state)
-    return Checker(net, json.loads(meta.get("info", "{}")))
+    return Checker(net, info)
 
 
 # ----------------------------------------------------------------------------------------------
 # Training data: fresh renders of both families, labelled by the generator
 
-def labelled_batch(n: int, g: torch.Generator, two_share: float = 0.5):
+def labelled_batch(n: int, g: torch.Generator, two_share: float = 0.5, style: str = "cluttered"):
     """(images [n, 3, 32, 32] in [-1, 1], bg labels [n], objects [n, 12, 6] multi-hot by colour and
     shape: the named objects, not the background, not the small clutter)."""
     names = list(COLOR_NAMES)
@@ -179,9 +207,9 @@ def labelled_batch(n: int, g: torch.Generator, two_share: float = 0.5):
     twos = [two_object_combo(g) for _ in range(n_two)]
     images = []
     if ones:
-        images.append(render(ones, bgs1, g))
+        images.append(render(ones, bgs1, g, style))
     if twos:
-        images.append(render([[a, b] for a, b, _ in twos], [t[2] for t in twos], g))
+        images.append(render([[a, b] for a, b, _ in twos], [t[2] for t in twos], g, style))
     objects = ones + [[a, b] for a, b, _ in twos]
     bgs = bgs1 + [t[2] for t in twos]
     y_bg = torch.tensor([names.index(b) for b in bgs])
@@ -211,9 +239,9 @@ def augment(images: torch.Tensor, g: torch.Generator) -> torch.Tensor:
     return (x.clamp(0, 1) * 2 - 1)
 
 
-def evaluate(checker: Checker, seed: int, n: int = 2000) -> dict:
+def evaluate(checker: Checker, seed: int, n: int = 2000, style: str = "cluttered") -> dict:
     g = torch.Generator().manual_seed(seed)
-    images, y_bg, y_obj = labelled_batch(n, g)
+    images, y_bg, y_obj = labelled_batch(n, g, style=style)
     bg, pres, shp = checker.predict(images)
     present = y_obj.amax(-1) > 0
     found = (pres > 0.5).unsqueeze(-1) & (shp > 0.5)

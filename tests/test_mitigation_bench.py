@@ -1,5 +1,7 @@
 """The mitigation benchmark's yardsticks (bench/checker.py, bench/fidelity.py): the Frechet distance
-is one, the committed checker reads the generator's renders and tells a caption from a wrong one.
+is one, the committed checker reads the generator's renders and tells a caption from a wrong one,
+and graded_m's own checker (bench/train_model_checker.py) does the same on that model's
+generations of captions it was not trained on; its training script runs end to end.
 
 bench/ imports `core` from the repository root, which must stay off this process's sys.path (the
 pack's nodes/ would shadow ComfyUI's nodes.py), so the checks run in a child interpreter.
@@ -54,5 +56,55 @@ print("ok")
 
 def test_mitigation_yardsticks():
     out = subprocess.run([sys.executable, "-c", CHECKS], cwd=ROOT, capture_output=True, text=True, timeout=300,
+                         env={"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin"})
+    assert out.returncode == 0 and out.stdout.strip() == "ok", out.stdout + out.stderr
+
+
+MODEL_CHECKS = r"""
+import subprocess, sys, tempfile
+from pathlib import Path
+import torch
+from bench.checker import COLOR_NAMES, checker_for, load_checker, parse
+from bench.testbeds.prompts import split_set
+from core.sampling import plain_sample
+from core.schedule import start_latent
+from core.testbed import load_testbed
+
+w = "bench/testbeds/weights/graded_m.safetensors"
+assert checker_for(w).name == "checker_graded_m.safetensors"
+assert checker_for("elsewhere/other.safetensors").name == "checker.safetensors"
+ck = load_checker(checker_for(w))
+assert ck.meta["trained_on"] == "generations" and ck.net.colours is not None
+
+# validation generations of novel captions (never in the checker's training set): right vs wrong captions
+tb = load_testbed(w)
+gens = [g for g in split_set(tb.data, "validation") if g.kind in ("novel_one", "novel_two")][::2]
+sig = tb.schedule.sigmas_for(50, "normal")
+x = start_latent(tb.noise([g.seed for g in gens]), sig, tb.schedule.sigma_max)
+images = tb.decode(plain_sample(tb.pair([g.caption for g in gens]), x, sig, 7.5, "ddim"))
+
+def wrong(cap):
+    objs, bg = parse(cap)
+    others = [c for c in COLOR_NAMES if c not in {c for c, _ in objs} | {bg}]
+    return " and ".join(f"a {others[k]} {s}" for k, (_, s) in enumerate(objs)) + f" on a {others[-1]} background"
+
+r = float(ck.adherence(images, [g.caption for g in gens]).mean())
+wr = float(ck.adherence(images, [wrong(g.caption) for g in gens]).mean())
+assert r > 0.15 and wr < 0.5 * r, (r, wr)
+
+# the training script, tiny: it writes a checker that loads as one trained on generations
+with tempfile.TemporaryDirectory() as d:
+    out = Path(d) / "ck.safetensors"
+    p = subprocess.run([sys.executable, "bench/train_model_checker.py", "--weights", w, "--out", str(out),
+                        "--generations", "20", "--steps", "2", "--batch", "8", "--threads", "1"],
+                       capture_output=True, text=True, timeout=240)
+    assert p.returncode == 0, p.stdout + p.stderr
+    assert load_checker(out).meta["generations"] == 20
+print("ok")
+"""
+
+
+def test_model_checker():
+    out = subprocess.run([sys.executable, "-c", MODEL_CHECKS], cwd=ROOT, capture_output=True, text=True, timeout=600,
                          env={"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin"})
     assert out.returncode == 0 and out.stdout.strip() == "ok", out.stdout + out.stderr
