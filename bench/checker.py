@@ -220,6 +220,15 @@ def labelled_batch(n: int, g: torch.Generator, two_share: float = 0.5, style: st
     return torch.cat(images), y_bg, y_obj
 
 
+def object_loss(presence: torch.Tensor, shapes: torch.Tensor, y_obj: torch.Tensor) -> torch.Tensor:
+    """Which colours have an object (all 12), and that object's shape (only where one is)."""
+    present = y_obj.amax(-1)
+    loss = F.binary_cross_entropy_with_logits(presence, present)
+    if bool((present > 0).any()):
+        loss = loss + F.binary_cross_entropy_with_logits(shapes[present > 0], y_obj[present > 0])
+    return loss
+
+
 def augment(images: torch.Tensor, g: torch.Generator) -> torch.Tensor:
     """What sampling does to an image: a colour cast, contrast, softness and grain (in [-1, 1])."""
     n = images.shape[0]
@@ -270,10 +279,7 @@ def main() -> None:
     for step in range(args.steps):
         images, _, y_obj = labelled_batch(args.batch, g)
         _, presence, shapes = net(augment(images, g))
-        present = y_obj.amax(-1)
-        loss = F.binary_cross_entropy_with_logits(presence, present)
-        if bool((present > 0).any()):   # shapes are learnt where an object of that colour is
-            loss = loss + F.binary_cross_entropy_with_logits(shapes[present > 0], y_obj[present > 0])
+        loss = object_loss(presence, shapes, y_obj)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()

@@ -30,7 +30,16 @@ from safetensors.torch import save_file
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repo root, for `core` and `bench`
 
-from bench.checker import COLOR_NAMES, FORMAT, SHAPES, AttributeNet, Checker, load_checker, parse  # noqa: E402
+from bench.checker import (  # noqa: E402
+    COLOR_NAMES,
+    FORMAT,
+    SHAPES,
+    AttributeNet,
+    Checker,
+    load_checker,
+    object_loss,
+    parse,
+)
 from bench.testbeds.graded import FAMILY, one_object_combos, two_object_caption, two_object_combo  # noqa: E402
 from bench.testbeds.prompts import calibration_set, split_set  # noqa: E402
 from core.sampling import plain_sample  # noqa: E402
@@ -136,10 +145,7 @@ def main() -> None:
         flip = torch.rand(len(pick), generator=g) < 0.5      # the captions say nothing of left and right
         x[flip] = x[flip].flip(-1)
         cover, presence, shapes = net(x)
-        present = y_obj[pick].amax(-1)
-        loss = F.nll_loss(cover.clamp(min=1e-6).log(), y_bg[pick]) + F.binary_cross_entropy_with_logits(presence, present)
-        if bool((present > 0).any()):
-            loss = loss + F.binary_cross_entropy_with_logits(shapes[present > 0], y_obj[pick][present > 0])
+        loss = F.nll_loss(cover.clamp(min=1e-6).log(), y_bg[pick]) + object_loss(presence, shapes, y_obj[pick])
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
