@@ -50,6 +50,9 @@ def main() -> None:
     ap.add_argument("--dropout-on", choices=("all", "general"), default="general",
                     help="which samples may lose their caption: only the general (never duplicated) ones, or all")
     ap.add_argument("--channels", default=",".join(map(str, TestbedConfig.channels)), help="UNet channels per level")
+    ap.add_argument("--text-positions", choices=("zeros", "normal"), default="zeros",
+                    help="init of the text encoder's position embeddings: zeros (the models before graded_p, which "
+                         "never learned word order) or normal (the token embeddings' scale)")
     ap.add_argument("--seed", type=int, default=1)
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--family", choices=("demo", graded.FAMILY), default="demo")
@@ -75,7 +78,7 @@ def main() -> None:
     else:
         vocab, data, stream = dataset.vocabulary(), dataset.data_recipe(), TrainingStream(args.seed, args.batch)
     cfg = TestbedConfig(vocab_size=len(vocab), channels=tuple(int(c) for c in args.channels.split(",")))
-    unet, text = TestbedUNet(cfg), TextEncoder(cfg)
+    unet, text = TestbedUNet(cfg), TextEncoder(cfg, args.text_positions)
     params = list(unet.parameters()) + list(text.parameters())
     ema = [copy.deepcopy(unet).requires_grad_(False), copy.deepcopy(text).requires_grad_(False)]
     opt = torch.optim.AdamW(params, lr=args.lr, weight_decay=0.0)

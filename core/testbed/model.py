@@ -49,11 +49,17 @@ def timestep_embedding(t: torch.Tensor, dim: int) -> torch.Tensor:
 class TextEncoder(nn.Module):
     """Token ids [B, L] -> context [B, L, D]; a tiny transformer, like CLIP's text tower."""
 
-    def __init__(self, cfg: TestbedConfig):
+    def __init__(self, cfg: TestbedConfig, position_init: str = "zeros"):
         super().__init__()
         d = cfg.context_dim
         self.token = nn.Embedding(cfg.vocab_size, d)
-        self.position = nn.Parameter(torch.zeros(1, cfg.max_tokens, d))
+        # "zeros" is how the committed models before graded_p were trained: their positions stayed
+        # at ~3 % of the token norm, so the encoder was nearly a bag of words ("a red circle on a blue
+        # background" ~ "a blue circle on a red background"). "normal" starts them at the tokens' scale.
+        if position_init not in ("zeros", "normal"):
+            raise ValueError(f"position_init {position_init!r}: choose zeros or normal")
+        init = torch.randn if position_init == "normal" else torch.zeros
+        self.position = nn.Parameter(init(1, cfg.max_tokens, d))
         layer = nn.TransformerEncoderLayer(d, cfg.heads, 2 * d, dropout=0.0, batch_first=True, norm_first=True)
         self.layers = nn.TransformerEncoder(layer, cfg.text_layers, enable_nested_tensor=False)
         self.norm = nn.LayerNorm(d)
