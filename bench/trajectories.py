@@ -18,6 +18,7 @@ from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
 from core.guard import GuardConfig
+from core.measures import QUANTITIES
 from core.sampling import guarded_sample
 from core.schedule import start_latent
 
@@ -43,7 +44,7 @@ class Recording:
 def record(tb, gens: list[Gen], sigmas, settings, cfg: float, chunk: int = 64, cache: Path | None = None,
            config: GuardConfig = GuardConfig(mode="detect"), region=None, progress=print) -> Recording:
     """Sample `gens` with the guard watching (detect mode, no region: it only measures)."""
-    key = json.dumps({"gens": [asdict(g) for g in gens], "settings": settings.to_dict(),
+    key = json.dumps({"gens": [asdict(g) for g in gens], "settings": settings.to_dict(), "quantities": list(QUANTITIES),
                       "config": repr(config), "region": None if region is None else region.meta.get("id")})
     if cache is not None and cache.is_file():
         with safe_open(str(cache), framework="pt") as f:

@@ -27,7 +27,7 @@ class DetectionConfig:
     tau_mild: float = 4.5           # z above which a step is out of the band (the paper: 3); with a
                                     # region of version 0.1, also the verdict's threshold
     tau_strong: float = 14.0        # clean-prediction z that makes a flag strong
-    active_fraction: float = 0.2    # mild flags act only in the first 20 % of steps (10 of 50)
+    active_fraction: float = 0.3    # the verdict's window: the first 30 % of steps (15 of 50)
     first_fraction: float = 0.1     # the "first" score looks at the first 10 % of steps
     score: str = "first"            # the score the nodes report by default
     false_flag_rate: float = 0.001  # the verdict flags this share of ordinary trajectories

@@ -1,7 +1,10 @@
 """The verdict's statistic: memorization evidence accumulated over steps, in ordinary units.
 
 Per step j, the evidence e_j combines the signed z-scores of the quantities the guard measures
-(EVIDENCE_WEIGHTS). The path R_j is its running mean over steps 0..j: a copy's trajectory leaves
+(EVIDENCE_WEIGHTS: the prediction agreement, low for a copy; chosen on the graded family's
+validation splits, docs/testbed.md). A region calibrated before the agreement was measured
+(format 1-2 files) has no statistics for it; its verdict uses the weights of those versions
+(LEGACY_WEIGHTS: update and guidance gap), so it keeps flagging as it did. The path R_j is its running mean over steps 0..j: a copy's trajectory leaves
 the band step after step, while an ordinary trajectory's excursions come and go. R_j is put in
 units of its own ordinary spread, S_j = (R_j - m_j) / s_j, with m_j and s_j measured on the
 calibration trajectories (each left out of the statistics it is scored against, core/null.py).
@@ -22,14 +25,26 @@ import torch
 from .measures import QUANTITIES
 from .null import NullTail, fit_tail, leave_one_out_z
 
-# signed z of each quantity in the step evidence (a copy's update and guidance gap run high)
-EVIDENCE_WEIGHTS = {"latent": 0.0, "update": 0.5, "clean": 0.0, "gap": 0.5}
-_W = torch.tensor([EVIDENCE_WEIGHTS[q] for q in QUANTITIES], dtype=torch.float64)
+# signed z of each quantity in the step evidence: a copy's conditional prediction agrees little
+# with the unconditional one (the weight is negative: low agreement is evidence)
+EVIDENCE_WEIGHTS = {"latent": 0.0, "update": 0.0, "clean": 0.0, "gap": 0.0, "agreement": -1.0}
+# regions without agreement statistics: a copy's update and guidance gap run high
+LEGACY_WEIGHTS = {"latent": 0.0, "update": 0.5, "clean": 0.0, "gap": 0.5, "agreement": 0.0}
 
 
-def step_evidence(z: torch.Tensor) -> torch.Tensor:
+def weights_for(trajectories: torch.Tensor) -> dict[str, float]:
+    """The evidence weights a region's calibration runs [R, N, Q] support."""
+    measured = bool(torch.isfinite(trajectories[..., QUANTITIES.index("agreement")]).any())
+    return EVIDENCE_WEIGHTS if measured else LEGACY_WEIGHTS
+
+
+def _vector(weights: dict[str, float]) -> torch.Tensor:
+    return torch.tensor([weights[q] for q in QUANTITIES], dtype=torch.float64)
+
+
+def step_evidence(z: torch.Tensor, weights: dict[str, float] = EVIDENCE_WEIGHTS) -> torch.Tensor:
     """e_j from z-scores [..., Q] (float64); a missing quantity (no gap at cfg 1) counts 0."""
-    return (z.double().nan_to_num(0.0) * _W.to(z.device)).sum(-1)
+    return (z.double().nan_to_num(0.0) * _vector(weights).to(z.device)).sum(-1)
 
 
 def running_mean(e: torch.Tensor) -> torch.Tensor:
@@ -51,6 +66,7 @@ class EvidenceNull:
     spread: torch.Tensor     # [N] float64
     window: int
     tail: NullTail
+    weights: dict            # the step evidence's weights (EVIDENCE_WEIGHTS or LEGACY_WEIGHTS)
 
     def standardize(self, r: torch.Tensor, step: int | None = None) -> torch.Tensor:
         """S from R: r [..., N] for all steps, or r [...] at `step`."""
@@ -59,17 +75,18 @@ class EvidenceNull:
         return (r - float(self.mean[step])) / float(self.spread[step])
 
 
-def null_from_trajectories(trajectories: torch.Tensor, window: int) -> EvidenceNull:
+def null_from_trajectories(trajectories: torch.Tensor, window: int, weights: dict | None = None) -> EvidenceNull:
     """From a region's calibration runs [R, N, Q] (each scored as if it were new)."""
-    r = running_mean(step_evidence(leave_one_out_z(trajectories)))       # [R, N]
+    weights = weights_for(trajectories) if weights is None else weights
+    r = running_mean(step_evidence(leave_one_out_z(trajectories), weights))       # [R, N]
     mean, spread = r.mean(0), r.std(0).clamp(min=1e-6)
     s = (r - mean) / spread
-    return EvidenceNull(mean, spread, window, fit_tail(s[:, :window].max(1).values))
+    return EvidenceNull(mean, spread, window, fit_tail(s[:, :window].max(1).values), dict(weights))
 
 
 def path(z: torch.Tensor, null: EvidenceNull) -> torch.Tensor:
     """S_j [B, N] of whole trajectories from their z-scores [B, N, Q]."""
-    return null.standardize(running_mean(step_evidence(z)))
+    return null.standardize(running_mean(step_evidence(z, null.weights)))
 
 
 class EvidencePath:
@@ -82,6 +99,6 @@ class EvidencePath:
 
     def push(self, z_step: torch.Tensor) -> torch.Tensor:
         """S_j [B] from this step's z-scores [Q, B] (steps pushed in order from 0)."""
-        self.total = self.total + step_evidence(z_step.T.cpu())
+        self.total = self.total + step_evidence(z_step.T.cpu(), self.null.weights)
         self.count += 1
         return self.null.standardize(self.total / self.count, self.count - 1)

@@ -15,7 +15,7 @@ import torch
 
 from . import detect, evidence, heatmap, mitigate
 from .detect import MILD, NONE, STRONG, DetectionConfig
-from .measures import QUANTITIES, guidance_gap, measure_step, scratch_for, update_energy_map
+from .measures import QUANTITIES, guidance_gap, measure_step, prediction_agreement, scratch_for, update_energy_map
 from .region import StabilityRegion
 from .report import ItemReport, RunReport
 from .settings import RunSettings
@@ -28,9 +28,11 @@ MODES = ("detect", "mitigate")
 #   stability         rescale the clean prediction and clamp the latent into the band (the paper)
 #   reprompt          after the run, move the flagged item's prompt embedding until its pull is ordinary
 #                     (Wen et al. 2024) and sample it again from the same noise (core/reprompt.py)
-STRATEGIES = ("unconditional", "orthogonal", "delayed_guidance", "stability", "reprompt")
+#   repel             keep guiding, but take out of every later clean prediction the pattern the
+#                     flagged step's clean prediction showed (the copy taking shape); colours stay
+STRATEGIES = ("unconditional", "orthogonal", "delayed_guidance", "stability", "reprompt", "repel")
 RESTART_STRATEGIES = ("reprompt",)   # need the whole run in hand: the guarded sampler restarts the item
-GUIDANCE_STRATEGIES = ("orthogonal", "delayed_guidance", "unconditional")
+GUIDANCE_STRATEGIES = ("orthogonal", "delayed_guidance", "unconditional", "repel")
 _Q = {name: i for i, name in enumerate(QUANTITIES)}
 MIN_NULL_RUNS = 20   # calibration runs below which a false-flag rate cannot be estimated
 
@@ -98,6 +100,8 @@ class StabilityGuard:
         self.override = torch.full((batch,), float("nan"))   # per-item guidance scale (NaN: the run's cfg)
         self.projected = torch.zeros(batch, dtype=torch.bool)
         self.g_star: torch.Tensor | None = None    # the direction projected out, per projected item
+        self.repelled = torch.zeros(batch, dtype=torch.bool)
+        self.copy_pattern: torch.Tensor | None = None   # per repelled item, the unit pattern repelled
         self._dir_start: torch.Tensor | None = None   # cond - uncond at the current step's start
         self._gap_prev = torch.full((batch,), float("inf"))
         self.extra_evals = 0
@@ -113,6 +117,9 @@ class StabilityGuard:
             self.null = region.nulls[self.k_active]
             self.threshold = self.null.tail.threshold(config.detection.false_flag_rate)
             self._path = evidence.EvidencePath(self.null, batch)
+            if self.null.weights is evidence.LEGACY_WEIGHTS or self.null.weights == evidence.LEGACY_WEIGHTS:
+                self.notes.append("the region was calibrated before the prediction agreement was measured: the "
+                                  "verdict uses the update and guidance gap, which miss more copies. Recalibrate.")
         elif region is not None:
             self.notes.append(f"the region keeps {runs} calibration trajectories (a false-flag rate needs "
                               f"{MIN_NULL_RUNS}; regions saved by version 0.1 keep none): the verdict uses the band "
@@ -122,7 +129,7 @@ class StabilityGuard:
     @property
     def steering(self) -> torch.Tensor:
         """[B] bool: items whose guidance the guard currently changes."""
-        return ~torch.isnan(self.override) | self.projected
+        return ~torch.isnan(self.override) | self.projected | self.repelled
 
     def guidance_scales(self, cfg: float) -> torch.Tensor:
         """Per-item guidance scale for the next model call: the override where set, else cfg."""
@@ -137,6 +144,9 @@ class StabilityGuard:
             g = mitigate.project_out(cond[rows] - uncond[rows], self.g_star[rows])
             scale = self.guidance_scales(cfg)[rows.cpu()].to(cond.device, cond.dtype)
             out[rows] = (uncond[rows] + scale.view(-1, *([1] * (g.ndim - 1))) * g).to(out.dtype)
+        if bool(self.repelled.any()):
+            rows = self.repelled.nonzero().flatten().to(cond.device)
+            out[rows] = mitigate.repel(out[rows], self.copy_pattern[rows]).to(out.dtype)
         return out
 
     def begin(self, cond: torch.Tensor, uncond: torch.Tensor | None) -> None:
@@ -158,7 +168,8 @@ class StabilityGuard:
         s_prev, s_next = self.sigmas[step], self.sigmas[step + 1]
         self._scratch = scratch_for(x_next, self._scratch)
         gap = guidance_gap(cond_next, uncond_next, s_next, self._scratch)
-        m = measure_step(x_prev, x_next, s_prev, s_next, denoised_next, gap, self._scratch)
+        agreement = prediction_agreement(cond_next, uncond_next, self._scratch)
+        m = measure_step(x_prev, x_next, s_prev, s_next, denoised_next, gap, self._scratch, agreement)
         values = m.stack().cpu()
         self.values[step] = values
         self.observed = max(self.observed, step + 1)
@@ -203,7 +214,7 @@ class StabilityGuard:
                 x_corr = self._stability_target(step, x_prev, x_next, denoised_next, active)
                 self.corrected[step] = active
             elif strategy in GUIDANCE_STRATEGIES:
-                reguide, rewind = self._steer(step, active, gap, cond_next, uncond_next)
+                reguide, rewind = self._steer(step, active, gap, cond_next, uncond_next, denoised_next)
         return Action(active=active, correct=correct, x_corrected=x_corr, reguide=reguide, rewind=rewind)
 
     def note_extra_evals(self, n: int) -> None:
@@ -218,7 +229,7 @@ class StabilityGuard:
             clean_mean=float(r.mean[_Q["clean"], step]), update_band=r.band("update", step, g),
             latent_band=r.band("latent", step, g), strong=strong)
 
-    def _steer(self, step, active, gap, cond_next, uncond_next):
+    def _steer(self, step, active, gap, cond_next, uncond_next, denoised_next=None):
         """Change the guidance of items flagged at this step (and release delayed guidance)."""
         strategy = self.config.strategy
         new = active & ~self.steering & (self.first_flag == step)
@@ -238,6 +249,12 @@ class StabilityGuard:
             self.projected |= new
         elif strategy == "unconditional":
             self.override[new] = self.config.off_scale
+        elif strategy == "repel" and bool(new.any()) and denoised_next is not None:
+            if self.copy_pattern is None:
+                self.copy_pattern = torch.zeros(denoised_next.shape, dtype=torch.float32, device=denoised_next.device)
+            rows = new.nonzero().flatten().to(denoised_next.device)
+            self.copy_pattern[rows] = mitigate.unit_pattern(denoised_next[rows])
+            self.repelled |= new
         elif strategy == "delayed_guidance":
             gap_now = gap.cpu() if gap is not None else torch.full((self.batch,), float("nan"))
             off = ~torch.isnan(self.override)
@@ -345,7 +362,7 @@ class StabilityGuard:
             return {"rule": "band", "tau_mild": d.tau_mild, "window": None}
         return {"rule": "evidence", "false_flag_rate": d.false_flag_rate, "threshold": finite_or_none(self.threshold),
                 "window": self.k_active, "calibration_runs": self.null.tail.samples,
-                "weights": dict(evidence.EVIDENCE_WEIGHTS)}
+                "weights": dict(self.null.weights)}
 
 
 def finite_or_none(v) -> float | None:

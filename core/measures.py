@@ -8,6 +8,12 @@ sigma_{j+1}), with the clean prediction D(x_{j+1}) that the next model call make
     clean   ||D(x_{j+1})||           the clean prediction at the proposal (the latent at the end)
     gap     ||eps_c - eps_u||        Wen et al.'s text-conditional noise magnitude at the proposal,
                                      (D_u - D_c) / sigma in x-space; NaN when no uncond exists
+    agreement  cos(D_c, D_u)         the cosine between the conditional and unconditional clean
+                                     predictions at the proposal, each channel's spatial mean removed:
+                                     how much the prompt's picture looks like the model's picture
+                                     without it. A trajectory falling into a memorized image has a
+                                     conditional prediction of its own (low agreement) even where the
+                                     gap's size stays ordinary; NaN when no uncond exists
 
 Norms are plain L2 over every non-batch element, so [B,C,H,W] and [B,C,T,H,W] both work.
 """
@@ -18,7 +24,7 @@ from dataclasses import dataclass
 
 import torch
 
-QUANTITIES = ("latent", "update", "clean", "gap")
+QUANTITIES = ("latent", "update", "clean", "gap", "agreement")
 
 
 def item_norm(t: torch.Tensor) -> torch.Tensor:
@@ -34,16 +40,17 @@ def to_vp(x: torch.Tensor, sigma: float, out: torch.Tensor | None = None) -> tor
 
 @dataclass
 class StepMeasures:
-    """The four quantities of one step, each a [B] float32 tensor on the caller's device."""
+    """The quantities of one step, each a [B] float32 tensor on the caller's device."""
 
     latent: torch.Tensor
     update: torch.Tensor
     clean: torch.Tensor
     gap: torch.Tensor
+    agreement: torch.Tensor
 
     def stack(self) -> torch.Tensor:
         """[len(QUANTITIES), B] in QUANTITIES order."""
-        return torch.stack([self.latent, self.update, self.clean, self.gap])
+        return torch.stack([self.latent, self.update, self.clean, self.gap, self.agreement])
 
 
 def scratch_for(x: torch.Tensor, scratch: torch.Tensor | None = None) -> torch.Tensor:
@@ -64,9 +71,24 @@ def guidance_gap(cond: torch.Tensor | None, uncond: torch.Tensor | None, sigma: 
     return item_norm(diff) / sigma
 
 
+def prediction_agreement(cond: torch.Tensor | None, uncond: torch.Tensor | None,
+                         scratch: torch.Tensor | None = None) -> torch.Tensor | None:
+    """cos(D_c, D_u) per item, each channel's spatial mean removed, or None without both."""
+    if cond is None or uncond is None:
+        return None
+    buf = scratch_for(cond, scratch)
+    spatial = tuple(range(2, cond.ndim))
+    c = buf[0].copy_(cond)
+    c = c.sub_(c.mean(dim=spatial, keepdim=True)) if spatial else c
+    u = buf[1].copy_(uncond)
+    u = u.sub_(u.mean(dim=spatial, keepdim=True)) if spatial else u
+    dot = (c.flatten(1) * u.flatten(1)).sum(dim=1)
+    return dot / (item_norm(c) * item_norm(u)).clamp(min=1e-12)
+
+
 def measure_step(x_prev: torch.Tensor, x_next: torch.Tensor, sigma_prev: float, sigma_next: float,
                  denoised_next: torch.Tensor | None, gap_next: torch.Tensor | None = None,
-                 scratch: torch.Tensor | None = None) -> StepMeasures:
+                 scratch: torch.Tensor | None = None, agreement_next: torch.Tensor | None = None) -> StepMeasures:
     """Measure the step x_prev -> x_next. `denoised_next` is D(x_next); None at the last step.
     `scratch` (from scratch_for) is working memory; the results do not depend on it, to the bit."""
     buf = scratch_for(x_next, scratch)
@@ -74,8 +96,10 @@ def measure_step(x_prev: torch.Tensor, x_next: torch.Tensor, sigma_prev: float, 
     latent = item_norm(z_next)
     update = item_norm(z_next.sub_(to_vp(x_prev, sigma_prev, out=buf[0])))
     clean = item_norm(denoised_next) if denoised_next is not None else item_norm(x_next)
-    gap = gap_next if gap_next is not None else torch.full_like(latent, float("nan"))
-    return StepMeasures(latent, update, clean, gap.float())
+    nan = torch.full_like(latent, float("nan"))
+    gap = gap_next if gap_next is not None else nan
+    agreement = agreement_next if agreement_next is not None else nan
+    return StepMeasures(latent, update, clean, gap.float(), agreement.float())
 
 
 def update_energy_map(x_prev: torch.Tensor, x_next: torch.Tensor, sigma_prev: float, sigma_next: float,

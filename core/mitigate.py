@@ -7,6 +7,12 @@
 - `project_out`: guidance minus its component along a direction; with the direction guidance
   took at the flagged step (the pull toward the memorized image) it keeps the prompt's other
   guidance (orthogonal strategy; the projection is APG's, the choice of direction ours).
+- `unit_pattern` / `repel`: a clean prediction's spatial pattern (each channel's mean removed, unit
+  norm) and a prediction with its positive component along such a pattern removed. With the
+  pattern the flagged step's clean prediction showed (the memorized image taking shape), later
+  predictions can no longer move towards that image while guidance and colours stay (repel
+  strategy; guidance away from the image being copied as in AMG, Chen et al. 2024, with the copy
+  estimated from the run itself instead of a training-set index).
 - `shifted_prediction`: the cheap stand-in for re-evaluating the model at a corrected latent.
 """
 
@@ -67,3 +73,22 @@ def project_out(g: torch.Tensor, direction: torch.Tensor) -> torch.Tensor:
     gf, d = g.float().flatten(1), direction.float().flatten(1)
     d = d / d.norm(dim=1, keepdim=True).clamp(min=1e-12)
     return (gf - (gf * d).sum(dim=1, keepdim=True) * d).view_as(g).to(g.dtype)
+
+
+def _centred(v: torch.Tensor) -> torch.Tensor:
+    """Each channel's spatial mean removed ([B, C, ...spatial], float32)."""
+    v = v.float()
+    return v - v.mean(dim=tuple(range(2, v.ndim)), keepdim=True)
+
+
+def unit_pattern(x0: torch.Tensor) -> torch.Tensor:
+    """The spatial pattern of a clean prediction, unit norm per item."""
+    c = _centred(x0)
+    return c / item_norm(c).clamp(min=1e-12).view(-1, *([1] * (c.ndim - 1)))
+
+
+def repel(d: torch.Tensor, pattern: torch.Tensor) -> torch.Tensor:
+    """`d` minus its positive component along the unit `pattern` (computed on d's centred part, so
+    each channel's mean, the colours, is left alone), per item, in float32."""
+    a = (_centred(d).flatten(1) * pattern.flatten(1)).sum(dim=1).clamp(min=0)
+    return d.float() - a.view(-1, *([1] * (d.ndim - 1))) * pattern

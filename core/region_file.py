@@ -20,7 +20,7 @@ from .region import StabilityRegion
 from .settings import RunSettings
 
 FORMAT = "memguard-stability-region"
-FORMAT_VERSION = 2          # 2 adds the calibration trajectories; 1 files still load
+FORMAT_VERSION = 3          # 2 adds the calibration trajectories, 3 the agreement quantity; 1 and 2 files still load
 EXTENSION = ".safetensors"
 
 
@@ -88,18 +88,38 @@ def load_region(path: str | os.PathLike) -> StabilityRegion:
         meta = json.loads(metadata.get("meta", "{}"))
     except (KeyError, ValueError, TypeError) as e:
         raise fail(f"broken metadata ({e})") from e
-    if list(quantities) != list(QUANTITIES):
-        raise fail(f"it stores quantities {quantities}, expected {list(QUANTITIES)}")
+    if list(quantities) != list(QUANTITIES[:len(quantities)]) or not quantities:
+        raise fail(f"it stores quantities {quantities}, expected {list(QUANTITIES)} or the first of them")
     missing = [k for k in ("mean", "std", "count") if k not in tensors]
     if missing:
         raise fail(f"tensors missing: {', '.join(missing)}")
     kept = tensors.get("trajectories") if version >= 2 else None
+    if len(quantities) < len(QUANTITIES):   # an older file: the quantities it lacks were not measured
+        tensors, kept = _pad_quantities(tensors, kept, len(quantities))
     region = StabilityRegion(settings, tensors["mean"].float(), tensors["std"].float(), tensors["count"].long(), meta,
                              None if kept is None else kept.float())
     problems = validate(region)
     if problems:
         raise fail("; ".join(problems))
     return region
+
+
+def _pad_quantities(tensors: dict, kept: torch.Tensor | None, stored: int) -> tuple[dict, torch.Tensor | None]:
+    """Statistics of a file that measured only the first `stored` quantities, with the rest
+    unmeasured (NaN statistics, count 0): their z-scores are NaN, and the verdict counts them 0."""
+    extra = len(QUANTITIES) - stored
+
+    def pad(t: torch.Tensor, dim: int, value: float) -> torch.Tensor:
+        shape = list(t.shape)
+        shape[dim] = extra
+        return torch.cat([t, torch.full(shape, value, dtype=t.dtype)], dim=dim)
+
+    out = dict(tensors)
+    out["mean"], out["std"] = pad(tensors["mean"].float(), 0, float("nan")), pad(tensors["std"].float(), 0, float("nan"))
+    out["count"] = pad(tensors["count"].long(), 0, 0)
+    if kept is not None and kept.ndim == 3 and kept.shape[2] == stored:
+        kept = pad(kept.float(), 2, float("nan"))
+    return out, kept
 
 
 def read_settings(path: str | os.PathLike) -> RunSettings:
@@ -128,7 +148,7 @@ def validate(region: StabilityRegion) -> list[str]:
         return out
     have = region.count > 0
     required = torch.zeros_like(have)
-    required[:3] = True  # latent, update and clean must exist at every step; gap is optional (cfg 1)
+    required[:3] = True  # latent, update and clean must exist at every step; gap and agreement are optional (cfg 1)
     if bool((required & ~have).any()):
         out.append("some steps have no calibration data")
     if not bool(torch.isfinite(region.mean[have]).all() and torch.isfinite(region.std[have]).all()):

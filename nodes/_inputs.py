@@ -38,7 +38,9 @@ def guard_inputs() -> list[io.Input]:
                                "memorized basin (Jain et al.). stability: the paper's rescale-and-clamp correction. "
                                "reprompt: after the run, the flagged image's prompt embedding is moved until its "
                                "pull is that of ordinary prompts (Wen et al.) and the image is sampled again from "
-                               "the same noise (Guarded KSampler and model patch only; costs about a second run)."),
+                               "the same noise (Guarded KSampler and model patch only; costs about a second run). "
+                               "repel: keeps guiding, but takes out of every later prediction the pattern the "
+                               "flagged step's prediction showed (the copy taking shape); colours stay."),
         io.Boolean.Input("exact", default=_G.exact, **advanced(io.Boolean),
                          tooltip="Redo the flagged step with the new guidance (or re-evaluate the model where a "
                                  "correction moved the latent): one extra model call at that step, only when an "

@@ -8,6 +8,7 @@ import torch
 from toy_model import denoise, karras
 
 from memguard.core import evidence
+from memguard.core.measures import QUANTITIES
 from memguard.core.detect import DetectionConfig
 from memguard.core.guard import GuardConfig
 from memguard.core.null import fit_tail, leave_one_out_z
@@ -50,7 +51,7 @@ def test_tail_threshold_and_rate_are_inverse():
 
 
 def test_region_keeps_its_calibration_trajectories(region):
-    assert region.trajectories.shape == (80, STEPS, 4)
+    assert region.trajectories.shape == (80, STEPS, len(QUANTITIES))
 
 
 def test_online_evidence_and_verdict_equal_the_offline_ones(region):
@@ -91,3 +92,24 @@ def test_a_region_without_trajectories_uses_the_band_rule_and_says_so(region):
     assert r.report.region["verdict"]["rule"] == "band"
     assert any("Recalibrate" in n for n in r.report.notes)
     assert all(it.ordinary_rate is None and all(v is None for v in it.evidence) for it in r.report.items)
+
+
+def test_a_region_without_agreement_statistics_keeps_the_update_and_gap_verdict(region):
+    """Regions calibrated before the agreement was measured (format 1-2 files, loaded with it
+    unmeasured) flag by the update and guidance gap, and say so; new ones by the agreement."""
+    q = QUANTITIES.index("agreement")
+    assert evidence.weights_for(region.trajectories) == evidence.EVIDENCE_WEIGHTS
+    old = replace(region, trajectories=region.trajectories.clone())
+    old.trajectories[:, :, q] = float("nan")
+    old.mean, old.std, old.count = old.mean.clone(), old.std.clone(), old.count.clone()
+    old.mean[q], old.std[q], old.count[q] = float("nan"), float("nan"), 0
+    assert evidence.weights_for(old.trajectories) == evidence.LEGACY_WEIGHTS
+    g = torch.Generator().manual_seed(9)
+    pair = cfg_pair(denoise, torch.cat([torch.randn(2, *SHAPE, generator=g) * 0.3, torch.randn(1, *SHAPE, generator=g) * 4.0]),
+                    torch.zeros(3, *SHAPE))
+    x = torch.randn(3, *SHAPE, generator=g) * SIGMAS[0]
+    for r, rule in ((region, evidence.EVIDENCE_WEIGHTS), (old, evidence.LEGACY_WEIGHTS)):
+        res = guarded_sample(pair, x, SIGMAS, SETTINGS, CFG, region=r, config=GuardConfig(mode="detect"))
+        assert res.report.region["verdict"]["weights"] == rule
+        assert [it.flagged for it in res.report.items] == [False, False, True]
+        assert any("before the prediction agreement" in n for n in res.report.notes) == (r is old)

@@ -70,3 +70,22 @@ def test_reused_working_memory_gives_the_textbook_values_to_the_bit(dtype):
         assert torch.equal(gap, item_norm(u.float() - c.float()) / 1.7)
         energy = update_energy_map(x0, x1, 2.5, 1.7, scratch)
         assert torch.equal(energy, (to_vp(x1, 1.7) - to_vp(x0, 2.5)).pow(2).sum(dim=1))
+
+
+def test_prediction_agreement_is_the_cosine_of_the_centred_predictions():
+    from memguard.core.measures import prediction_agreement
+    torch.manual_seed(5)
+    c = torch.randn(3, 4, 5, 5)
+    u = torch.randn(3, 4, 5, 5)
+    a = prediction_agreement(c, u)
+    cc, uu = c - c.mean(dim=(2, 3), keepdim=True), u - u.mean(dim=(2, 3), keepdim=True)
+    expected = torch.nn.functional.cosine_similarity(cc.flatten(1), uu.flatten(1), dim=1)
+    assert torch.allclose(a, expected, atol=1e-5)
+    # the same picture in other colours (a per-channel offset) and brightness agrees fully
+    assert torch.allclose(prediction_agreement(c, 2 * c + 3), torch.ones(3), atol=1e-5)
+    assert prediction_agreement(c, None) is None
+    # with working memory the result is the same to the bit, and the inputs are left alone
+    c0 = c.clone()
+    assert torch.equal(prediction_agreement(c, u, scratch_for(c)), a) and torch.equal(c, c0)
+    m = measure_step(c, u, 2.0, 1.0, u, None, None, a)
+    assert torch.equal(m.agreement, a) and torch.isnan(measure_step(c, u, 2.0, 1.0, u).agreement).all()

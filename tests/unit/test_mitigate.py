@@ -51,3 +51,19 @@ def test_project_out_removes_only_the_given_direction():
     assert torch.allclose(project_out(g, g), torch.zeros_like(g), atol=1e-5)
     ortho = project_out(torch.randn(2, 4, 3, 3), d)
     assert torch.allclose(project_out(ortho, d), ortho, atol=1e-5)                 # idempotent
+
+
+def test_repel_removes_only_the_positive_part_along_the_pattern_and_keeps_colours():
+    torch.manual_seed(4)
+    from memguard.core.mitigate import repel, unit_pattern
+    copy = torch.randn(2, 3, 4, 4) + torch.tensor([1.0, -2.0, 0.5]).view(1, 3, 1, 1)
+    p = unit_pattern(copy)
+    assert torch.allclose(item_norm(p), torch.ones(2), atol=1e-5)
+    assert torch.allclose(p.mean(dim=(2, 3)), torch.zeros(2, 3), atol=1e-6)        # no colour in it
+    towards = copy * 2 + 3.0                                                         # the copy, brighter
+    out = repel(towards, p)
+    centred = out - out.mean(dim=(2, 3), keepdim=True)
+    assert torch.allclose((centred * p).flatten(1).sum(1), torch.zeros(2), atol=1e-4)   # nothing left towards it
+    assert torch.allclose(out.mean(dim=(2, 3)), towards.mean(dim=(2, 3)), atol=1e-5)    # colours unchanged
+    away = -copy
+    assert torch.allclose(repel(away, p), away, atol=1e-6)                              # already away: untouched

@@ -65,13 +65,13 @@ def _rewrite(path, tmp_path, **meta_changes):
 
 
 def test_newer_version_says_update(tmp_path, region):
-    path = _rewrite(save_region(region, tmp_path / "r.safetensors"), tmp_path, format_version="3")
+    path = _rewrite(save_region(region, tmp_path / "r.safetensors"), tmp_path, format_version="4")
     with pytest.raises(RegionFileError, match="newer Memorization Guard.*update the pack"):
         load_region(path)
 
 
 def test_calibration_trajectories_round_trip(tmp_path, region):
-    assert region.trajectories is not None and region.trajectories.shape[1:] == (region.steps, 4)
+    assert region.trajectories is not None and region.trajectories.shape[1:] == (region.steps, len(QUANTITIES))
     back = load_region(save_region(region, tmp_path / "r.safetensors"))
     assert torch.equal(back.trajectories, region.trajectories)
 
@@ -89,6 +89,25 @@ def test_version_1_files_load_without_trajectories(tmp_path, region):
     assert back.trajectories is None and torch.equal(back.mean, region.mean)
 
 
+def test_version_2_files_load_with_the_agreement_unmeasured(tmp_path, region):
+    """Regions saved before the agreement quantity (four quantities) still load: its statistics
+    are missing (NaN z-scores, which the verdict counts 0), the others are unchanged."""
+    from safetensors import safe_open
+    path = save_region(region, tmp_path / "r.safetensors")
+    with safe_open(str(path), "pt") as f:
+        meta = dict(f.metadata())
+        tensors = {k: f.get_tensor(k) for k in f.keys()}
+    q = QUANTITIES.index("agreement")
+    old_tensors = {k: (v[:q] if k != "trajectories" else v[:, :, :q]).contiguous() for k, v in tensors.items()}
+    old = tmp_path / "v2.safetensors"
+    save_file(old_tensors, str(old), metadata=meta | {"format_version": "2",
+                                                      "quantities": json.dumps(list(QUANTITIES[:q]))})
+    back = load_region(old)
+    assert torch.equal(back.mean[:q], region.mean[:q]) and torch.equal(back.trajectories[:, :, :q], region.trajectories[:, :, :q])
+    assert torch.isnan(back.mean[q]).all() and int(back.count[q].sum()) == 0 and torch.isnan(back.trajectories[:, :, q]).all()
+    assert torch.isnan(back.zscores(0, torch.ones(len(QUANTITIES), 2))[q]).all()
+
+
 def test_other_kind_of_safetensors_file(tmp_path):
     path = tmp_path / "model.safetensors"
     save_file({"w": torch.zeros(2)}, str(path))
@@ -101,7 +120,7 @@ def test_broken_metadata_and_shapes(tmp_path, region):
     with pytest.raises(RegionFileError, match="broken metadata"):
         load_region(_rewrite(path, tmp_path, settings="{not json"))
     wrong_steps = json.dumps({**SETTINGS.to_dict(), "steps": 9})
-    with pytest.raises(RegionFileError, match="expected \\(4, 9\\) for 9 steps"):
+    with pytest.raises(RegionFileError, match=f"expected \\({len(QUANTITIES)}, 9\\) for 9 steps"):
         load_region(_rewrite(path, tmp_path, settings=wrong_steps))
 
 
