@@ -52,7 +52,8 @@ def guard_inputs() -> list[io.Input]:
         io.Float.Input("gamma", default=_D.gamma, min=0.5, max=100.0, step=0.1, **advanced(io.Float),
                        tooltip="Band half-width in calibrated spreads, used by the stability strategy's clamps."),
         io.Float.Input("active_fraction", default=_D.active_fraction, min=0.01, max=1.0, step=0.01, **advanced(io.Float),
-                       tooltip="Mild flags act only in this first share of the steps (the signal lives early)."),
+                       tooltip="The verdict looks for a flag in this first share of the steps (the signal lives early: "
+                               "30 % was chosen on the testbeds' validation splits)."),
         io.Float.Input("off_scale", default=_G.off_scale, min=-5.0, max=1.0, step=0.05, **advanced(io.Float),
                        tooltip="Guidance scale a flagged image gets while its guidance is off (unconditional, "
                                "delayed_guidance). 0 is the unconditional model, which can draw a memorized image "

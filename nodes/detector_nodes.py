@@ -30,9 +30,10 @@ class MemorizationDetector(io.ComfyNode):
                 REPORT.Input("report"),
                 io.Image.Input("image", optional=True, tooltip="The decoded images, for the overlay and the burnt-pixel map."),
                 io.Combo.Input("score", options=list(SCORES), default="first",
-                               tooltip="The verdict's evidence (update and guidance-gap z-scores accumulated over the "
-                                       "steps, in units of its spread on the calibration runs; 0.1's band measure for "
-                                       "older calibrations). first: largest in the first 10 % of steps (where the signal "
+                               tooltip="The verdict's evidence (how little the prompt's prediction agrees with the "
+                                       "unconditional one, accumulated over the steps, in units of its spread on the "
+                                       "calibration runs; update and guidance gap for calibrations made before the "
+                                       "agreement was measured; 0.1's band measure for older ones). first: largest in the first 10 % of steps (where the signal "
                                        "lives); max: over all steps; mean: averaged over steps."),
                 io.Float.Input("overlay_alpha", default=0.6, min=0.0, max=1.0, step=0.05,
                                tooltip="How strongly the heatmap is drawn over the image; the image fades to grey "

@@ -8,9 +8,9 @@ import torch
 from toy_model import denoise, karras
 
 from memguard.core import evidence
-from memguard.core.measures import QUANTITIES
 from memguard.core.detect import DetectionConfig
 from memguard.core.guard import GuardConfig
+from memguard.core.measures import QUANTITIES
 from memguard.core.null import fit_tail, leave_one_out_z
 from memguard.core.sampling import calibrate, cfg_pair, guarded_sample
 from memguard.core.settings import RunSettings

@@ -1,0 +1,68 @@
+"""How the verdict's evidence weights and window were chosen (on validation splits only).
+
+    python bench/choose_verdict.py --models graded_a,graded_m,graded_p,graded_pb
+
+For each candidate (weights of the update, guidance-gap and agreement z-scores; window of the
+first K steps), on each model's validation recording (bench/bench_graded.py's cache in
+bench_out/<model>: run it first), it prints the verbatim-copy AUC and TPR at 1 % FPR against
+ordinary generations, the share of verbatim / partial copies flagged online at false-flag rate
+0.001, and the ordinary generations flagged; then the mean verbatim AUC over the models. The rule
+fixed before the numbers: the highest mean verbatim AUC, and among equals the fewest quantities.
+Prints measurements; not a test.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repo root, for `core` and `bench`
+
+from bench.bench_graded import prepared, zscores  # noqa: E402
+from bench.copies import VERBATIM  # noqa: E402
+from bench.testbeds.prompts import ORDINARY_KINDS  # noqa: E402
+from core import evidence  # noqa: E402
+from core.detect import roc_auc, tpr_at_fpr  # noqa: E402
+
+CANDIDATES = [  # (update, gap, agreement) weights
+    (0.5, 0.5, 0.0), (0.25, 0.25, -0.5), (0.33, 0.33, -0.33), (0.0, 0.0, -1.0), (0.0, 0.5, -0.5), (0.5, 0.0, -0.5),
+]
+WINDOWS = (10, 15)
+RATE = 0.001
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--models", default="graded_a,graded_m,graded_p,graded_pb")
+    ap.add_argument("--threads", type=int, default=1)
+    args = ap.parse_args()
+    data = {}
+    for m in args.models.split(","):
+        weights = Path("bench/testbeds/weights") / f"{m}.safetensors"
+        _, _, _, _, region, recs, tr, partial = prepared(weights, Path("bench_out") / m, "validation", args.threads)
+        rec, corr = recs["validation"], tr["validation"]["corr"]
+        kinds = [g.kind for g in rec.gens]
+        verbatim = [i for i in range(len(kinds)) if corr[i] >= VERBATIM]
+        part = [i for i in range(len(kinds)) if partial <= corr[i] < VERBATIM]
+        ordinary = [i for i in range(len(kinds)) if kinds[i] in ORDINARY_KINDS and corr[i] < partial]
+        data[m] = (region, zscores(rec, region), verbatim, part, ordinary)
+    for wu, wg, wa in CANDIDATES:
+        weights = {"latent": 0.0, "update": wu, "clean": 0.0, "gap": wg, "agreement": wa}
+        for window in WINDOWS:
+            cells, aucs = [], []
+            for m, (region, z, verbatim, part, ordinary) in data.items():
+                null = evidence.null_from_trajectories(region.trajectories, window, weights)
+                s = evidence.path(z, null)[:, :window].max(1).values
+                flag = s > null.tail.threshold(RATE)
+                auc = roc_auc(s[verbatim], s[ordinary])
+                aucs.append(auc)
+                part_share = f"{float(flag[part].float().mean()):.2f}" if part else "-"
+                cells.append(f"{m}: AUC {auc:.3f} TPR {tpr_at_fpr(s[verbatim], s[ordinary]):.2f} flagged "
+                             f"{float(flag[verbatim].float().mean()):.2f}/{part_share} ordinary {int(flag[ordinary].sum())}")
+            print(f"update {wu} gap {wg} agreement {wa}, first {window} steps: mean verbatim AUC "
+                  f"{sum(aucs) / len(aucs):.4f}\n    " + "\n    ".join(cells), flush=True)
+
+
+if __name__ == "__main__":
+    main()
