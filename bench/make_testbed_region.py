@@ -28,7 +28,7 @@ OUT = WEIGHTS.parent / "testbed_region.safetensors"
 
 
 def main() -> None:
-    torch.set_num_threads(2)
+    torch.set_num_threads(1)
     tb = load_testbed()
     sigmas = tb.schedule.sigmas_for(STEPS, "normal")
 

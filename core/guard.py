@@ -45,7 +45,7 @@ class GuardConfig:
     off_scale: float = -0.5              # guidance scale while a flagged item's guidance is off: 0 is the
                                          # unconditional model, which can draw a memorized image itself;
                                          # below 0 also pushes away from where the prompt pulls
-    escalate: bool = True                # orthogonal: guidance off if the item leaves the band again
+    escalate: bool = True                # orthogonal, repel: guidance off if the item leaves the band again
     detection: DetectionConfig = field(default_factory=DetectionConfig)
 
     def __post_init__(self):
@@ -234,10 +234,11 @@ class StabilityGuard:
         strategy = self.config.strategy
         new = active & ~self.steering & (self.first_flag == step)
         changed = new.clone()
-        if strategy == "orthogonal" and self.config.escalate:
-            # still out of band after the projection took over: the pull is elsewhere too, so
-            # this item's guidance goes off for the rest of the run (the copy is never allowed)
-            again = active & self.projected & (self.first_flag < step) & torch.isnan(self.override)
+        if strategy in ("orthogonal", "repel") and self.config.escalate:
+            # still out of band after the projection (repulsion) took over: the pull is elsewhere
+            # too, so this item's guidance goes off for the rest of the run (the copy is never allowed)
+            steered = self.projected if strategy == "orthogonal" else self.repelled
+            again = active & steered & (self.first_flag < step) & torch.isnan(self.override)
             self.override[again] = 0.0
             new |= again
             changed |= again
@@ -249,12 +250,13 @@ class StabilityGuard:
             self.projected |= new
         elif strategy == "unconditional":
             self.override[new] = self.config.off_scale
-        elif strategy == "repel" and bool(new.any()) and denoised_next is not None:
+        elif strategy == "repel" and bool((new & ~self.repelled).any()) and denoised_next is not None:
+            first = new & ~self.repelled    # escalated items keep the pattern of their first flag
             if self.copy_pattern is None:
                 self.copy_pattern = torch.zeros(denoised_next.shape, dtype=torch.float32, device=denoised_next.device)
-            rows = new.nonzero().flatten().to(denoised_next.device)
+            rows = first.nonzero().flatten().to(denoised_next.device)
             self.copy_pattern[rows] = mitigate.unit_pattern(denoised_next[rows])
-            self.repelled |= new
+            self.repelled |= first
         elif strategy == "delayed_guidance":
             gap_now = gap.cpu() if gap is not None else torch.full((self.batch,), float("nan"))
             off = ~torch.isnan(self.override)
