@@ -151,7 +151,7 @@ def scorers(region, config: DetectionConfig = DetectionConfig()) -> list[Scorer]
     def paper(z, k):
         return z[..., u].abs()[:, :k].nan_to_num(-1).max(1).values
 
-    # the verdict of version 0.2 (before the agreement): update and gap evidence, the first 20 % of steps
+    # the verdict of format-2 regions (before the agreement): update and gap evidence, the first 20 % of steps
     window02 = DetectionConfig(active_fraction=0.2).active_window(n)
     null02 = evidence.null_from_trajectories(region.trajectories, window02, evidence.LEGACY_WEIGHTS)
     thr02 = null02.tail.threshold(config.false_flag_rate)
@@ -162,7 +162,7 @@ def scorers(region, config: DetectionConfig = DetectionConfig()) -> list[Scorer]
     return [
         Scorer(f"this pack: evidence, flag at rate {config.false_flag_rate:g} (threshold {thr:.2f})",
                lambda z: ev(z, window), lambda z: ev(z, window) > thr, lambda z: ev(z, first)),
-        Scorer(f"v0.2 verdict: update and gap evidence, first {window02} steps, rate {config.false_flag_rate:g}",
+        Scorer(f"update-and-gap verdict (format-2 regions): first {window02} steps, rate {config.false_flag_rate:g}",
                lambda z: ev02(z, window02), lambda z: ev02(z, window02) > thr02, lambda z: ev02(z, first)),
         Scorer(f"v0.1 band rule: min(|z_u|,|z_c|) > {config.tau_mild} in the first {window} steps",
                lambda z: band(z, first), lambda z: band(z, window) > config.tau_mild, lambda z: band(z, first)),

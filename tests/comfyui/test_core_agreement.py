@@ -12,7 +12,8 @@ from graphs import MEMORIZED, demo_graph
 
 
 @pytest.mark.parametrize("mode,strategy", [("detect", "orthogonal"), ("mitigate", "unconditional"),
-                                           ("mitigate", "orthogonal"), ("mitigate", "stability")])
+                                           ("mitigate", "orthogonal"), ("mitigate", "stability"),
+                                           ("mitigate", "repel")])
 def test_comfyui_and_core_sample_the_same(comfy_session, mode, strategy):
     import comfy.sample
 

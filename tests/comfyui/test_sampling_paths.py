@@ -120,7 +120,7 @@ def test_batch_items_get_their_own_verdicts(comfy_session):
     assert novel[1] == [False, False, False] and float(novel[2].abs().max()) == 0.0
 
 
-@pytest.mark.parametrize("strategy", ["unconditional", "orthogonal", "delayed_guidance", "stability"])
+@pytest.mark.parametrize("strategy", ["unconditional", "orthogonal", "delayed_guidance", "stability", "repel"])
 @pytest.mark.parametrize("exact", [True, False])
 def test_mitigation_changes_only_flagged_items(comfy_session, strategy, exact):
     plain = comfy_session.run_prompt(demo_graph(NOVEL, batch=2, detector=False))
