@@ -81,9 +81,18 @@ def _centred(v: torch.Tensor) -> torch.Tensor:
     return v - v.mean(dim=tuple(range(2, v.ndim)), keepdim=True)
 
 
+def _smoothed(v: torch.Tensor) -> torch.Tensor:
+    """A 3 x 3 box blur over the last two (spatial) dims: the layout without the fine texture."""
+    if v.ndim < 4 or min(v.shape[-2:]) < 3:
+        return v
+    flat = v.reshape(-1, 1, *v.shape[-2:])
+    return torch.nn.functional.avg_pool2d(flat, 3, stride=1, padding=1, count_include_pad=False).view_as(v)
+
+
 def unit_pattern(x0: torch.Tensor) -> torch.Tensor:
-    """The spatial pattern of a clean prediction, unit norm per item."""
-    c = _centred(x0)
+    """The spatial layout of a clean prediction (fine texture blurred away, so that repelling it
+    does not print the texture's negative into the image), unit norm per item."""
+    c = _centred(_smoothed(x0.float()))
     return c / item_norm(c).clamp(min=1e-12).view(-1, *([1] * (c.ndim - 1)))
 
 
