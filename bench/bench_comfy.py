@@ -54,8 +54,7 @@ def main() -> None:
         session.register_node(ConstantConditioning.NODE_ID, ConstantConditioning)
         cond = ConstantConditioning.NODE_ID
         pack = session.pack_module
-        guard_defaults = {"strategy": "unconditional", "exact": True, "tau_mild": 4.5, "tau_strong": 14.0, "gamma": 3.0,
-                          "active_fraction": 0.2, "off_scale": -0.5}
+        from graphs import GUARD_DEFAULTS as guard_defaults   # the tests' (and the shipped workflows') inputs
 
         # a region for exactly these settings, from 8 runs (4 seeds x batch 2) of the pack's own calibration
         from importlib import import_module
