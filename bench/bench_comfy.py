@@ -42,6 +42,7 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=2, help="torch CPU threads (1 is steadier on a shared VM)")
     args = ap.parse_args()
 
+    from graphs import GUARD_DEFAULTS
     from harness import ComfySession, ConstantConditioning
     from tiny_sd import build_tiny_sd
 
@@ -54,7 +55,7 @@ def main() -> None:
         session.register_node(ConstantConditioning.NODE_ID, ConstantConditioning)
         cond = ConstantConditioning.NODE_ID
         pack = session.pack_module
-        from graphs import GUARD_DEFAULTS as guard_defaults   # the tests' (and the shipped workflows') inputs
+        guard_defaults = dict(GUARD_DEFAULTS)   # the tests' (and the shipped workflows') guard inputs
 
         # a region for exactly these settings, from 8 runs (4 seeds x batch 2) of the pack's own calibration
         from importlib import import_module
