@@ -4,7 +4,8 @@ Per step j, the evidence e_j combines the signed z-scores of the quantities the 
 (EVIDENCE_WEIGHTS: the prediction agreement, low for a copy; chosen on the graded family's
 validation splits, docs/testbed.md). A region calibrated before the agreement was measured
 (format 1-2 files) has no statistics for it; its verdict uses the weights of those versions
-(LEGACY_WEIGHTS: update and guidance gap), so it keeps flagging as it did. The path R_j is its running mean over steps 0..j: a copy's trajectory leaves
+(LEGACY_WEIGHTS: update and guidance gap), so it keeps flagging as it did. The path R_j is the
+evidence's running mean over steps 0..j: a copy's trajectory leaves
 the band step after step, while an ordinary trajectory's excursions come and go. R_j is put in
 units of its own ordinary spread, S_j = (R_j - m_j) / s_j, with m_j and s_j measured on the
 calibration trajectories (each left out of the statistics it is scored against, core/null.py).
@@ -18,6 +19,7 @@ recorded trajectories (`path`), with the same arithmetic, so offline scores are 
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 import torch
@@ -38,8 +40,15 @@ def weights_for(trajectories: torch.Tensor) -> dict[str, float]:
     return EVIDENCE_WEIGHTS if measured else LEGACY_WEIGHTS
 
 
+@functools.lru_cache(maxsize=8)
+def _vector_of(items: tuple) -> torch.Tensor:
+    w = dict(items)
+    return torch.tensor([w[q] for q in QUANTITIES], dtype=torch.float64)
+
+
 def _vector(weights: dict[str, float]) -> torch.Tensor:
-    return torch.tensor([weights[q] for q in QUANTITIES], dtype=torch.float64)
+    """The weights as a [Q] tensor, built once per weight set (the guard asks every step)."""
+    return _vector_of(tuple(sorted(weights.items())))
 
 
 def step_evidence(z: torch.Tensor, weights: dict[str, float] = EVIDENCE_WEIGHTS) -> torch.Tensor:

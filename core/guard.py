@@ -117,7 +117,7 @@ class StabilityGuard:
             self.null = region.nulls[self.k_active]
             self.threshold = self.null.tail.threshold(config.detection.false_flag_rate)
             self._path = evidence.EvidencePath(self.null, batch)
-            if self.null.weights is evidence.LEGACY_WEIGHTS or self.null.weights == evidence.LEGACY_WEIGHTS:
+            if self.null.weights == evidence.LEGACY_WEIGHTS:
                 self.notes.append("the region was calibrated before the prediction agreement was measured: the "
                                   "verdict uses the update and guidance gap, which miss more copies. Recalibrate.")
         elif region is not None:
