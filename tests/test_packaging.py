@@ -23,6 +23,14 @@ def test_requirements_and_pyproject_dependencies_agree():
     assert requirement_lines((ROOT / "requirements.txt").read_text()) == PYPROJECT["project"]["dependencies"]
 
 
+def test_audit_requirements_and_the_audit_extra_agree():
+    # the audit's extras are never the pack's: a user's ComfyUI gets them only on request
+    audit = requirement_lines((ROOT / "requirements-audit.txt").read_text())
+    assert audit == PYPROJECT["project"]["optional-dependencies"]["audit"]
+    assert not set(audit) & set(PYPROJECT["project"]["dependencies"])
+    assert "-r requirements-audit.txt" in requirement_lines((ROOT / "requirements-dev.txt").read_text())
+
+
 def test_no_torch_family_or_numpy_pins_in_runtime_dependencies():
     for dep in PYPROJECT["project"]["dependencies"]:
         assert not re.match(r"^(torch|torchvision|torchaudio|numpy)\b", dep), dep

@@ -1,0 +1,60 @@
+"""The audit on a local Ray cluster (started by the command, two workers on this machine): the
+same table as the local run, and a worker killed mid-run costs nothing but time."""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+from pathlib import Path
+
+from audit_run import rows, run, start
+
+
+def assert_same_table(got: list[dict], want: list[dict]) -> None:
+    """Every column equal (one torch thread in both runs: see audit_run.environment)."""
+    assert [(r["caption_index"], r["seed"]) for r in got] == [(r["caption_index"], r["seed"]) for r in want]
+    for a, b in zip(got, want):
+        assert a == b, {k: (a[k], b[k]) for k in a if a[k] != b[k]}
+
+
+def worker_pids() -> list[int]:
+    """Processes of Ray actors running the audit (Ray titles them ray::AuditWorker...)."""
+    pids = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                if (entry / "cmdline").read_bytes().startswith(b"ray::AuditWorker"):
+                    pids.append(int(entry.name))
+            except OSError:
+                pass
+    return pids
+
+
+def test_ray_with_two_workers_gives_the_local_table(local_audit, captions_file, tmp_path):
+    out = tmp_path / "audit"
+    done = run("--captions", captions_file[0], "--out", out, "--seeds", 4, "--ray", "local", "--workers", 2)
+    assert "Ray: 2 worker(s)" in done.stdout + done.stderr
+    got = rows(out)
+    assert len(got) == 200
+    assert_same_table(got, local_audit[1])
+
+
+def test_a_killed_worker_still_completes_every_generation_once(local_audit, captions_file, tmp_path):
+    out = tmp_path / "audit"
+    proc = start("--captions", captions_file[0], "--out", out, "--seeds", 4, "--ray", "local", "--workers", 2)
+    deadline, victim = time.time() + 600, None
+    while time.time() < deadline and victim is None:
+        assert proc.poll() is None, proc.stdout.read()
+        pids = worker_pids()
+        if len(pids) >= 2 and len(list((out / "parts").glob("batch-*.parquet"))) >= 1:
+            victim = pids[0]
+        time.sleep(0.2)
+    assert victim is not None, "the workers never got going"
+    os.kill(victim, signal.SIGKILL)
+    log = proc.communicate(timeout=900)[0]
+    assert proc.returncode == 0, log[-5000:]
+    assert victim not in worker_pids()
+    got = rows(out)
+    assert len(got) == 200 and len({(r["caption_index"], r["seed"]) for r in got}) == 200
+    assert_same_table(got, local_audit[1])
