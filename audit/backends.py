@@ -27,8 +27,12 @@ class LocalBackend:
     def calibrate(self, progress=None) -> bytes:
         return self.engine.calibrate(progress)
 
-    def run(self, todo: Iterable[int], region: bytes, on_result: Callable[[dict], None]) -> None:
+    def start(self, region: bytes, batches: int) -> None:
         self.engine.use_region(region)
+
+    def run(self, todo: Iterable[int], region: bytes, on_result: Callable[[dict], None]) -> None:
+        if self.engine.regions is None:
+            self.start(region, 0)
         for index in todo:
             on_result(batch_dict(self.engine.run_batch(index)))
 

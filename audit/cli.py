@@ -101,6 +101,12 @@ def _version() -> str:
 
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
+    try:
+        import pyarrow  # noqa: F401
+    except ImportError:
+        print("audit: error: the audit writes Parquet and needs pyarrow: python -m pip install -r "
+              f"{PACK_ROOT / 'requirements-audit.txt'} (with the Python that runs ComfyUI)", file=sys.stderr)
+        return 2
     from tqdm import tqdm
 
     from ..core.measures import QUANTITIES

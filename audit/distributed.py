@@ -79,8 +79,12 @@ class RayBackend:
         log(f"Ray: {self.workers} worker(s), each with {'one GPU' if gpus else 'one CPU'} "
             f"(cluster: {resources.get('CPU', 0):g} CPUs, {gpus} GPUs)")
 
-    def _actor(self, region: bytes | None):
-        return self.actor_class.remote(*self.args, self.job.to_dict(), region)
+    def _actor(self, region):
+        # the job and region go into the object store once and stay referenced here, so a
+        # restarted actor finds its constructor arguments
+        if not hasattr(self, "_job_ref"):
+            self._job_ref = self.ray.put(self.job.to_dict())
+        return self.actor_class.remote(*self.args, self._job_ref, region)
 
     def region_for_job(self, given: bytes | None) -> tuple[bytes | None, str]:
         self._scout = self._actor(None)
@@ -95,15 +99,24 @@ class RayBackend:
         except self.ray.exceptions.RayTaskError as e:
             raise e.as_instanceof_cause() from None   # the worker's own error (bad file, mismatch, ...)
 
-    def run(self, todo: Iterable[int], region: bytes, on_result: Callable[[dict], None]) -> None:
+    def start(self, region: bytes, batches: int) -> None:
+        """Start the workers (each loads the model) and wait until they are ready."""
         ray = self.ray
         if getattr(self, "_scout", None) is not None:
             ray.kill(self._scout)
             self._scout = None
+        self._region_ref = ray.put(region)
+        self.actors = [self._actor(self._region_ref) for _ in range(max(1, min(self.workers, batches)))]
+        self._get([a.pid.remote() for a in self.actors])
+
+    def run(self, todo: Iterable[int], region: bytes, on_result: Callable[[dict], None]) -> None:
+        ray = self.ray
         queue = deque(todo)
         if not queue:
             return
-        actors = [self._actor(region) for _ in range(min(self.workers, len(queue)))]
+        if not getattr(self, "actors", None):
+            self.start(region, len(queue))
+        actors = list(self.actors)
         tries: dict[int, int] = {}
         pending: dict = {}
 
@@ -136,9 +149,10 @@ class RayBackend:
             on_result(result)
             if queue and actor in actors:
                 submit(actor)
-        for actor in actors:
-            ray.kill(actor)
 
     def close(self) -> None:
+        for actor in getattr(self, "actors", []):
+            self.ray.kill(actor)
+        self.actors = []
         if self.ray.is_initialized():
             self.ray.shutdown()

@@ -105,13 +105,15 @@ class Engine:
     def _load_checkpoint(self):
         job = self.job
         path = _model_file(job.checkpoint, "checkpoints")
+        loras = [(_model_file(name, "loras"), strength) for name, strength in job.loras]   # all found before loading
         out = comfy.sd.load_checkpoint_guess_config(path, output_vae=True, output_clip=True,
                                                     embedding_directory=folder_paths.get_folder_paths("embeddings"))
         model, clip, vae = out[:3]
         if clip is None or vae is None:
-            raise JobError(f"{path} holds no text encoder or no VAE; the audit needs a full checkpoint.")
-        for name, strength in job.loras:
-            lora = comfy.utils.load_torch_file(_model_file(name, "loras"), safe_load=True)
+            raise JobError(f"{path} holds no text encoder or no VAE; the audit needs a full checkpoint "
+                           "(one that CheckpointLoaderSimple loads with CLIP and VAE).")
+        for lora_path, strength in loras:
+            lora = comfy.utils.load_torch_file(lora_path, safe_load=True)
             model, clip = comfy.sd.load_lora_for_models(model, clip, lora, strength, strength)
         self.testbed = None
         self.model, self.clip, self.vae = model, clip, vae
@@ -222,7 +224,7 @@ def _thumb_size(height: int, width: int) -> tuple[int, int]:
 def _png(picture: torch.Tensor) -> bytes:
     array = (picture.clamp(0, 1) * 255).round().to(torch.uint8).numpy()
     buffer = io.BytesIO()
-    Image.fromarray(array).save(buffer, format="PNG", optimize=True)
+    Image.fromarray(array).save(buffer, format="PNG")
     return buffer.getvalue()
 
 

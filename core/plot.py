@@ -15,7 +15,8 @@ from PIL import Image, ImageDraw
 from .report import RunReport
 
 PANELS = (("update", "update norm ||z' - z||"), ("clean", "clean-prediction norm ||x0||"),
-          ("gap", "guidance gap ||eps_c - eps_u||"))
+          ("gap", "guidance gap ||eps_c - eps_u||"),
+          ("agreement", "prediction agreement cos(D_c, D_u): low is the verdict's evidence"))
 BAND, MEAN, CURVE, FLAG, ACTIVE, FIX, AXIS = ((214, 230, 245), (120, 150, 190), (20, 20, 20), (220, 30, 30),
                                                (250, 215, 215), (30, 90, 220), (90, 90, 90))
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import signal
 import time
 
@@ -30,7 +31,8 @@ def test_finds_every_memorized_caption_and_writes_table_pictures_and_report(loca
         else:
             assert r["image"] is None    # --save-images flagged (the default)
     report = (out / "report.html").read_text()
-    assert "<script" not in report and "http" not in report.replace("http-equiv", "")
+    # self-contained: no scripts, every picture inlined, nothing fetched
+    assert "<script" not in report and not re.search(r"(?:src|href)=(?!['\"]data:)", report)
     assert all(c.replace("&#x27;", "'") in report.replace("&#x27;", "'") for c in memorized)
     # ranked by risk: the memorized captions come first
     first = report.index(memorized[0]) if memorized[0] in report else None

@@ -40,3 +40,20 @@ def test_audit_scores_are_the_guarded_ksamplers(comfy_session, tmp_path):
             assert math.isclose(item["scores"][name], row[f"score_{name}"], rel_tol=1e-3, abs_tol=1e-3), \
                 (name, item["scores"][name], row[f"score_{name}"])
         assert math.isclose(item["ordinary_rate"], row["ordinary_rate"], rel_tol=1e-2, abs_tol=1e-12)
+
+
+def test_audit_names_a_missing_model_file_or_text_encoder(comfy_session, tiny_sd_ckpt, tmp_path):
+    captions = tmp_path / "captions.txt"
+    captions.write_text("a photo of a cat\n")
+    ckpt = comfy_session.checkpoints_dir / tiny_sd_ckpt
+    env = {**os.environ, "COMFYUI_PATH": str(comfyui_root()), "TQDM_DISABLE": "1"}
+    cases = [(["--checkpoint", "missing.safetensors"], "checkpoint 'missing.safetensors' was not found"),
+             (["--checkpoint", str(ckpt), "--lora", "nope.safetensors:0.5"], "lora 'nope.safetensors' was not found"),
+             # the tiny test checkpoint carries no text encoder, as some UNet-only files do
+             (["--checkpoint", str(ckpt), "--width", "64", "--height", "64"], "holds no text encoder")]
+    for extra, message in cases:
+        out = tmp_path / f"out{len(extra)}"
+        done = subprocess.run([sys.executable, str(ROOT / "audit"), "--cpu", "--captions", str(captions), "--out", str(out),
+                               *extra], env=env, capture_output=True, text=True, timeout=600)
+        assert done.returncode == 2 and message in done.stderr, (extra, done.stderr[-3000:])
+        assert not out.exists()
