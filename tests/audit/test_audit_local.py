@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 import signal
 import time
@@ -101,3 +102,27 @@ def test_calibration_for_other_settings_is_refused(tmp_path, captions_file, loca
     assert done.returncode == 2
     assert "made for other settings" in done.stderr and "steps" in done.stderr, done.stderr[-2000:]
     assert not out.exists()
+
+
+def test_calibrates_first_when_no_region_fits_and_keeps_it_for_the_rerun(tmp_path, captions_file):
+    _, memorized, ordinary = captions_file
+    captions = tmp_path / "captions.txt"
+    captions.write_text("\n".join(memorized[:2] + ordinary[:2]) + "\n")
+    pool = tmp_path / "calibration_prompts.txt"
+    pool.write_text("\n".join(ordinary[10:22]) + "\n")     # 12 ordinary prompts x 2 seeds: 24 runs
+    out = tmp_path / "audit"
+    args = ("--captions", captions, "--out", out, "--seeds", 2, "--steps", 20, "--calibration-prompts", pool)
+    first = run(*args)
+    assert "no calibration for these settings: calibrating on 12 ordinary prompts x 2 seeds first" in first.stdout + first.stderr
+    record = json.loads((out / "audit.json").read_text())
+    assert record["calibration_source"] == "calibrated by this audit"
+    table = rows(out)
+    assert [r["flagged"] for r in table] == [True] * 4 + [False] * 4
+    assert all(len(r["evidence"]) == 20 for r in table)
+
+    (out / "results.parquet").unlink()
+    for part in (out / "parts").glob("batch-*.parquet"):
+        part.unlink()                      # as if every batch had been lost: the rerun samples again
+    again = run(*args)
+    assert "calibrating" not in again.stdout + again.stderr
+    assert rows(out) == table
