@@ -212,6 +212,45 @@ def detection_table(rec, truth, z, partial: float, region) -> dict:
     return out
 
 
+def caption_table(rec, truth, flag: torch.Tensor, partial: float, audit_seeds: int = 4) -> dict:
+    """The audit's question, per caption rather than per generation: is a caption whose
+    generations copy caught by at least one flagged seed? Token and scene items are sampled with
+    the same caption and 6 seeds; the audit's default is 4 (the first 4 here). Controls (rare
+    titled captions, never duplicated, 6 seeds) are the captions that must not be caught; for
+    ordinary captions (1 seed each here) the chance at n seeds follows from the per-generation rate
+    of the detection table's ordinary generations, assuming seeds independent."""
+    corr, gens = truth["corr"], rec.gens
+    items: dict = {}
+    for i, g in enumerate(gens):
+        if g.kind in ("token", "scene", "render_control", "photo_control"):
+            items.setdefault((g.kind, g.item), []).append(i)
+
+    def caught(ids, n=None):
+        return bool(flag[ids[:n] if n else ids].any())
+
+    copying = [ids for (k, _), ids in items.items() if k in ("token", "scene") and bool((corr[ids] >= VERBATIM).any())]
+    quiet = [ids for (k, _), ids in items.items() if k in ("token", "scene") and not bool((corr[ids] >= VERBATIM).any())]
+    controls = [ids for (k, _), ids in items.items() if k in ("render_control", "photo_control")]
+    ordinary = [i for i, g in enumerate(gens) if g.kind in ORDINARY_KINDS and corr[i] < partial]   # as detection_table
+    rate = float(flag[ordinary].float().mean()) if ordinary else float("nan")
+    row = {"copying_captions": len(copying), "caught_all_seeds": sum(caught(ids) for ids in copying),
+           f"caught_first_{audit_seeds}_seeds": sum(caught(ids, audit_seeds) for ids in copying),
+           "copying_generations": int(sum(int((corr[ids] >= VERBATIM).sum()) for ids in copying)),
+           "quiet_captions": len(quiet), "quiet_caught": sum(caught(ids) for ids in quiet),
+           "control_captions": len(controls), "controls_caught": sum(caught(ids) for ids in controls),
+           "ordinary_generation_rate": rate,
+           f"ordinary_caption_rate_{audit_seeds}_seeds": 1 - (1 - rate) ** audit_seeds}
+    n = row["copying_captions"]
+    print(f"\nper caption (the audit's view), this pack's verdict: of {n} token/scene captions with a verbatim copy "
+          f"among their {len(copying[0]) if copying else 0} seeds ({row['copying_generations']} copies), "
+          f"{row['caught_all_seeds']} have a flagged seed ({row[f'caught_first_{audit_seeds}_seeds']} within their first "
+          f"{audit_seeds} seeds); captions of duplicated items that never copied: {row['quiet_caught']}/"
+          f"{row['quiet_captions']} flagged; rare-title controls: {row['controls_caught']}/{row['control_captions']} "
+          f"flagged; ordinary captions, from the per-generation rate {rate * 100:.1f} %: "
+          f"{row[f'ordinary_caption_rate_{audit_seeds}_seeds'] * 100:.1f} % expected flagged at {audit_seeds} seeds")
+    return row
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--weights", type=Path, required=True)
@@ -227,6 +266,8 @@ def main() -> None:
     copy_table(rec, truth, partial)
     results = {"split": args.split, "partial_threshold": partial, "weights": str(args.weights), "identity": tb.identity,
                "detection": detection_table(rec, truth, zscores(rec, region), partial, region)}
+    verdict = scorers(region)[0]
+    results["captions"] = caption_table(rec, truth, verdict.flag(zscores(rec, region)), partial)
     (out / f"{args.split}.json").write_text(json.dumps(results, indent=2))
     print(f"\nwrote {out / (args.split + '.json')}")
 

@@ -5,10 +5,11 @@ from __future__ import annotations
 import json
 import re
 import signal
+import subprocess
 import time
 
 import pytest
-from audit_run import rows, run, start
+from audit_run import command, environment, rows, run, start
 
 
 def test_finds_every_memorized_caption_and_writes_table_pictures_and_report(local_audit, captions_file):
@@ -126,3 +127,21 @@ def test_calibrates_first_when_no_region_fits_and_keeps_it_for_the_rerun(tmp_pat
     again = run(*args)
     assert "calibrating" not in again.stdout + again.stderr
     assert rows(out) == table
+
+
+def test_without_ray_the_local_path_works_and_ray_asks_for_it(tmp_path, captions_file):
+    # Ray made unimportable, as in a ComfyUI without the audit extra (a stand-in package that
+    # fails to import ahead of site-packages: the one fake here)
+    hidden = tmp_path / "hide" / "ray"
+    hidden.mkdir(parents=True)
+    (hidden / "__init__.py").write_text("raise ImportError(\"No module named 'ray'\")\n")
+    captions = tmp_path / "captions.txt"
+    captions.write_text(captions_file[1][0] + "\n")
+    env = {**environment(), "PYTHONPATH": str(hidden.parent)}
+    local = subprocess.run(command("--captions", captions, "--out", tmp_path / "local", "--seeds", 1), env=env,
+                           capture_output=True, text=True, timeout=600)
+    assert local.returncode == 0, local.stderr[-3000:]
+    assert rows(tmp_path / "local")[0]["flagged"]
+    on_ray = subprocess.run(command("--captions", captions, "--out", tmp_path / "ray", "--seeds", 1, "--ray", "local"),
+                            env=env, capture_output=True, text=True, timeout=600)
+    assert on_ray.returncode != 0 and "--ray needs Ray: pip install -r requirements-audit.txt" in on_ray.stderr
