@@ -21,8 +21,8 @@ class LocalBackend:
 
         self.engine = Engine(job)
 
-    def region_for_job(self, given: bytes | None) -> tuple[bytes | None, str]:
-        return self.engine.region_for_job(given)
+    def region_for_job(self, given: bytes | None, label: str) -> tuple[bytes | None, str]:
+        return self.engine.region_for_job(given, label)
 
     def calibrate(self, progress=None) -> bytes:
         return self.engine.calibrate(progress)

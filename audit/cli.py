@@ -107,6 +107,7 @@ def main(argv: list[str] | None = None) -> int:
         print("audit: error: the audit writes Parquet and needs pyarrow: python -m pip install -r "
               f"{PACK_ROOT / 'requirements-audit.txt'} (with the Python that runs ComfyUI)", file=sys.stderr)
         return 2
+    import pyarrow.parquet as pq
     from tqdm import tqdm
 
     from ..core.measures import QUANTITIES
@@ -146,18 +147,19 @@ def main(argv: list[str] | None = None) -> int:
     bar = tqdm(total=job.generations, initial=sum(len(job.batch(b)) for b in done) * len(job.seeds),
                unit="gen", desc="auditing", dynamic_ncols=True)
     try:
-        if args.ray:
-            from .distributed import RayBackend
+        if todo:   # a finished audit only rebuilds its table and report: no model to load
+            if args.ray:
+                from .distributed import RayBackend
 
-            backend = RayBackend(job, args.ray, args.workers, PACK_ROOT, comfyui, True if args.cpu else None,
-                                 log=bar.write)
-        else:
-            start_comfyui(comfyui, True if args.cpu else None)
-            from .backends import LocalBackend
+                backend = RayBackend(job, args.ray, args.workers, PACK_ROOT, comfyui, True if args.cpu else None,
+                                     log=bar.write)
+            else:
+                start_comfyui(comfyui, True if args.cpu else None)
+                from .backends import LocalBackend
 
-            backend = LocalBackend(job)
-        if todo or not resuming:
-            region, found = backend.region_for_job(given or saved)
+                backend = LocalBackend(job)
+            label = f"--calibration {args.calibration}" if given is not None else str(store.region_file)
+            region, found = backend.region_for_job(given or saved, label)
             if region is None:
                 prompts = len(job.calibration_prompts) or 50
                 bar.write(f"audit: {found}: calibrating on {prompts} ordinary prompts x {job.calibration_seeds} seeds first")
@@ -165,7 +167,7 @@ def main(argv: list[str] | None = None) -> int:
             if not resuming:
                 store.create(job, _version())   # only now: bad input has written nothing
             if saved is None:
-                source = "--calibration " + str(args.calibration) if given is not None else found
+                source = found
                 store.save_region(region, source)
 
             def on_result(result: dict) -> None:
@@ -175,9 +177,7 @@ def main(argv: list[str] | None = None) -> int:
             backend.run(todo, region, on_result)
     except KeyboardInterrupt:
         interrupted = True
-    except JobError as e:
-        return fail(str(e))
-    except (RegionMismatch, RegionFileError, SetupError) as e:   # from this process or a worker
+    except (JobError, RegionMismatch, RegionFileError, SetupError) as e:   # from this process or a worker
         return fail(str(e))
     finally:
         bar.close()
@@ -186,12 +186,11 @@ def main(argv: list[str] | None = None) -> int:
     if not store.job_file.exists():   # stopped before anything was written
         print("audit: interrupted before the audit started; nothing was written", file=sys.stderr)
         return 130
-    table = store.write_table()
-    rows = table.to_pylist()
-    complete = len(rows) == job.generations
-    report = write_report(store.out, job, rows, source or "unknown", top=args.report_top, complete=complete)
-    flagged = sum(r["flagged"] for r in rows)
-    print(f"audit: {len(rows)} of {job.generations} generations in {store.table_file}, {flagged} flagged; "
+    rows = store.write_table()
+    complete = rows == job.generations
+    report = write_report(store.out, job, store.table_file, source or "unknown", top=args.report_top, complete=complete)
+    flagged = pq.read_table(store.table_file, columns=["flagged"])["flagged"].to_pylist().count(True)
+    print(f"audit: {rows} of {job.generations} generations in {store.table_file}, {flagged} flagged; "
           f"report: {report} ({time.time() - t0:.0f}s)")
     if interrupted or not complete:
         print("audit: interrupted; rerun the same command to resume", file=sys.stderr)

@@ -39,8 +39,8 @@ class AuditWorker:
         if region is not None:
             self.engine.use_region(region)
 
-    def region_for_job(self, given):
-        return self.engine.region_for_job(given)
+    def region_for_job(self, given, label):
+        return self.engine.region_for_job(given, label)
 
     def calibrate(self):
         return self.engine.calibrate()
@@ -86,9 +86,9 @@ class RayBackend:
             self._job_ref = self.ray.put(self.job.to_dict())
         return self.actor_class.remote(*self.args, self._job_ref, region)
 
-    def region_for_job(self, given: bytes | None) -> tuple[bytes | None, str]:
+    def region_for_job(self, given: bytes | None, label: str) -> tuple[bytes | None, str]:
         self._scout = self._actor(None)
-        return self._get(self._scout.region_for_job.remote(given))
+        return self._get(self._scout.region_for_job.remote(given, label))
 
     def calibrate(self, progress=None) -> bytes:
         return self._get(self._scout.calibrate.remote())

@@ -123,14 +123,14 @@ class Engine:
         self.decode = lambda s: vae.decode(s)
 
     # -- the stability region ---------------------------------------------------------------------
-    def region_for_job(self, given: bytes | None) -> tuple[bytes | None, str]:
-        """(region file bytes, where it came from): `given`, checked against the run's settings;
-        else the testbed's shipped region or a matching file in the calibration folders; else
-        (None, reason), and the caller calibrates."""
+    def region_for_job(self, given: bytes | None, label: str = "--calibration") -> tuple[bytes | None, str]:
+        """(region file bytes, where it came from): `given` (named `label` in errors), checked
+        against the run's settings; else the testbed's shipped region or a matching file in the
+        calibration folders; else (None, reason), and the caller calibrates."""
         if given is not None:
             region = _region_from_bytes(given)
-            RegionSet([region], ["--calibration"]).select(self.settings)   # RegionMismatch names the differences
-            return given, "--calibration"
+            RegionSet([region], [label]).select(self.settings)   # RegionMismatch names the differences
+            return given, label
         if self.testbed is not None:
             from ..nodes.testbed_nodes import REGION
 

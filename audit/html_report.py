@@ -10,6 +10,10 @@ import math
 from collections import defaultdict
 from pathlib import Path
 
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
 from .job import AuditJob
 
 STYLE = """
@@ -52,29 +56,35 @@ def _rarity(rate: float | None) -> str:
     return f"1 in {n:,.0f}" if n < 1e6 else f"1 in 10^{math.floor(math.log10(n))}"
 
 
-def rank_captions(rows: list[dict]) -> list[dict]:
-    """Captions by risk: most seeds flagged first, then the rarest evidence, then the highest score."""
-    by_caption = defaultdict(list)
-    for row in rows:
-        by_caption[row["caption_index"]].append(row)
-    ranked = []
-    for index, gens in by_caption.items():
-        flagged = [g for g in gens if g["flagged"]]
-        rates = [g["ordinary_rate"] for g in gens if g["ordinary_rate"] is not None]
-        scores = [g["score_first"] for g in gens if g["score_first"] is not None and math.isfinite(g["score_first"])]
-        ranked.append({"caption_index": index, "caption": gens[0]["caption"], "generations": gens,
-                       "flagged": flagged, "min_rate": min(rates) if rates else None,
-                       "max_score": max(scores) if scores else None})
-    ranked.sort(key=lambda c: (-len(c["flagged"]), c["min_rate"] if c["min_rate"] is not None else 1.0,
+SUMMARY = ["caption_index", "caption", "seed", "flagged", "ordinary_rate", "score_first", "first_flagged_step",
+           "image", "heatmap", "curves"]
+
+
+def rank_captions(table) -> list[dict]:
+    """Captions by risk: most seeds flagged first, then the rarest evidence, then the highest
+    score. Aggregated in Arrow, so a table of millions of generations ranks in seconds."""
+    finite = pc.if_else(pc.is_finite(table["score_first"]), table["score_first"], pa.scalar(None, pa.float64()))
+    table = table.set_column(table.schema.get_field_index("score_first"), "score_first", finite)
+    groups = table.group_by("caption_index").aggregate([
+        ("seed", "count"), ("flagged", "sum"), ("ordinary_rate", "min"), ("score_first", "max")])
+    ranked = [{"caption_index": g["caption_index"], "generations": g["seed_count"], "flagged": g["flagged_sum"] or 0,
+               "min_rate": g["ordinary_rate_min"], "max_score": g["score_first_max"]} for g in groups.to_pylist()]
+    ranked.sort(key=lambda c: (-c["flagged"], c["min_rate"] if c["min_rate"] is not None else 1.0,
                                -(c["max_score"] or 0.0), c["caption_index"]))
     return ranked
 
 
-def write_report(out: Path, job: AuditJob, rows: list[dict], source: str, top: int = 200,
+def write_report(out: Path, job: AuditJob, table_path: Path, source: str, top: int = 200,
                  complete: bool = True) -> Path:
-    ranked = rank_captions(rows)
-    total, flagged = len(rows), sum(r["flagged"] for r in rows)
-    risky = [c for c in ranked if c["flagged"]]
+    table = pq.read_table(table_path, columns=SUMMARY)
+    ranked = rank_captions(table)
+    shown = ranked[:top]
+    rows = table.filter(pc.is_in(table["caption_index"], value_set=pa.array([c["caption_index"] for c in shown], type=pa.int64())))
+    by_caption = defaultdict(list)
+    for row in rows.to_pylist():
+        by_caption[row["caption_index"]].append(row)
+    total, flagged = table.num_rows, int(pc.sum(table["flagged"]).as_py() or 0)
+    risky = sum(1 for c in ranked if c["flagged"])
     model = job.checkpoint + "".join(f" + LoRA {n} @ {s:g}" for n, s in job.loras)
     parts = [f"<!doctype html><html lang='en'><head><meta charset='utf-8'><title>Memorization audit: "
              f"{html.escape(model)}</title><style>{STYLE}</style></head><body>",
@@ -88,18 +98,19 @@ def write_report(out: Path, job: AuditJob, rows: list[dict], source: str, top: i
              + ("" if complete else " <b>Incomplete: the audit was interrupted; rerun the same command to finish it.</b>")
              + "</div>",
              "<div class='cards'>"
-             f"<div class='card'><b>{len(job.captions):,}</b>captions ({len({r['caption_index'] for r in rows}):,} done)</div>"
+             f"<div class='card'><b>{len(job.captions):,}</b>captions ({len(ranked):,} done)</div>"
              f"<div class='card'><b>{total:,}</b>generations of {job.generations:,}</div>"
              f"<div class='card'><b>{flagged:,}</b>flagged ({flagged / max(total, 1):.1%})</div>"
-             f"<div class='card'><b>{len(risky):,}</b>captions with a flagged generation</div></div>",
-             f"<h2>Captions by risk (top {min(top, len(ranked))} of {len(ranked)})</h2>",
+             f"<div class='card'><b>{risky:,}</b>captions with a flagged generation</div></div>",
+             f"<h2>Captions by risk (top {len(shown)} of {len(ranked)})</h2>",
              "<table><tr><th>#</th><th>caption</th><th>flagged</th><th>rarest evidence</th><th>top score</th>"
              "<th>flagged generations: image, where it broke, stability curves</th></tr>"]
-    for rank, c in enumerate(ranked[:top], 1):
-        n, k = len(c["generations"]), len(c["flagged"])
+    for rank, c in enumerate(shown, 1):
+        gens = by_caption[c["caption_index"]]
+        n, k = c["generations"], c["flagged"]
         level = "high" if k * 2 >= n and k else ("some" if k else "none")
         pics = []
-        for g in c["flagged"]:
+        for g in (g for g in gens if g["flagged"]):
             tiles = [(kind, _data_uri(out, g[kind])) for kind in ("image", "heatmap", "curves")]
             imgs = "".join(f"<img class='{'curve' if kind == 'curves' else ''}' src='{uri}' alt='{kind}'>"
                            for kind, uri in tiles if uri)
@@ -107,7 +118,7 @@ def write_report(out: Path, job: AuditJob, rows: list[dict], source: str, top: i
             pics.append(f"<div class='gen'><div class='pics'>{imgs}</div>seed {g['seed']}"
                         + (f", flagged at step {step}" if step is not None else "") + "</div>")
         score = "n/a" if c["max_score"] is None else f"{c['max_score']:.2f}"
-        parts.append(f"<tr><td class='num'>{rank}</td><td>{html.escape(c['caption'])}</td>"
+        parts.append(f"<tr><td class='num'>{rank}</td><td>{html.escape(gens[0]['caption'])}</td>"
                      f"<td class='num'><span class='risk {level}'>{k}/{n}</span></td>"
                      f"<td class='num'>{_rarity(c['min_rate'])}</td><td class='num'>{score}</td>"
                      f"<td><div class='gens'>{''.join(pics)}</div></td></tr>")
@@ -119,3 +130,4 @@ def write_report(out: Path, job: AuditJob, rows: list[dict], source: str, top: i
     tmp.write_text("\n".join(parts), encoding="utf-8")
     tmp.replace(path)
     return path
+

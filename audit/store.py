@@ -101,25 +101,30 @@ class AuditStore:
         pq.write_table(table, sink)
         _atomic_write(self.parts / f"batch-{index:06d}.parquet", sink.getvalue().to_pybytes())
 
-    def table(self) -> pa.Table:
-        """Every finished generation, sorted by caption and seed; each exactly once."""
-        paths = sorted(self.parts.glob("batch-*.parquet")) if self.parts.is_dir() else []
-        if not paths:
-            return self.schema.empty_table()
-        table = pa.concat_tables([pq.read_table(p, schema=self.schema) for p in paths])
-        table = table.sort_by([(k, "ascending") for k in KEY])
+    def part_files(self) -> list[Path]:
+        """The finished batches' parts, in batch order: batches hold consecutive captions, so this
+        is also caption order, and the table can be written part by part without a global sort."""
+        return sorted(self.parts.glob("batch-*.parquet")) if self.parts.is_dir() else []
+
+    def _part(self, path: Path) -> pa.Table:
+        table = pq.read_table(path, schema=self.schema).sort_by([(k, "ascending") for k in KEY])
         keys = list(zip(*(table.column(k).to_pylist() for k in KEY)))
         if len(set(keys)) != len(keys):
-            raise RuntimeError(f"{self.parts} holds a generation twice: the folder was edited by hand?")
+            raise RuntimeError(f"{path} holds a generation twice: the folder was edited by hand?")
         return table
 
-    def write_table(self) -> pa.Table:
-        table = self.table()
-        sink = pa.BufferOutputStream()
-        pq.write_table(table, sink)
-        _atomic_write(self.table_file, sink.getvalue().to_pybytes())
-        return table
-
+    def write_table(self) -> int:
+        """results.parquet: every finished generation, sorted by caption and seed, each exactly
+        once. Streamed part by part, so memory stays that of one batch however large the audit."""
+        tmp = self.table_file.with_name(f".{self.table_file.name}.{os.getpid()}.tmp")
+        rows = 0
+        with pq.ParquetWriter(tmp, self.schema) as writer:
+            for path in self.part_files():
+                part = self._part(path)
+                writer.write_table(part)
+                rows += part.num_rows
+        os.replace(tmp, self.table_file)
+        return rows
     def save_region(self, data: bytes, source: str) -> None:
         """The region this audit uses, kept so that a resumed run uses the same one."""
         _atomic_write(self.region_file, data)

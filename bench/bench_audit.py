@@ -42,6 +42,7 @@ def main() -> None:
     os.environ["OMP_NUM_THREADS"] = "1"      # inherited by the Ray workers started below
     comfyui = load()
     import comfy.sample
+    import pyarrow.parquet as pq
     import torch
 
     from memguard.audit.backends import LocalBackend
@@ -73,7 +74,7 @@ def main() -> None:
     local = LocalBackend(job)
     startup = time.perf_counter() - t
     engine = local.engine
-    region, _ = local.region_for_job(None)
+    region, _ = local.region_for_job(None, "")
 
     t = time.perf_counter()
     for index in todo:
@@ -97,7 +98,8 @@ def main() -> None:
             t = time.perf_counter()
             backend.run(todo, region, lambda r: store.write_batch(r["index"], r["rows"], r["files"]))
             seconds = time.perf_counter() - t
-            flagged = sum(r["flagged"] for r in store.write_table().to_pylist())
+            store.write_table()
+            flagged = pq.read_table(store.table_file, columns=["flagged"])["flagged"].to_pylist().count(True)
         backend.close()
         record(name, startup, seconds, flagged)
 

@@ -1,14 +1,21 @@
-"""The audit on a local Ray cluster (started by the command, two workers on this machine): the
-same table as the local run, and a worker killed mid-run costs nothing but time."""
+"""The audit on Ray with two workers on this machine: joining a cluster the test starts (`ray start
+--head`, as a user would on a head node), it gives the local run's table; on a cluster the command
+starts itself (`--ray local`), a worker killed mid-run costs nothing but time."""
 
 from __future__ import annotations
 
 import os
 import signal
+import socket
+import subprocess
+import sys
 import time
 from pathlib import Path
 
-from audit_run import rows, run, start
+import pytest
+from audit_run import environment, rows, run, start
+
+RAY = str(Path(sys.executable).with_name("ray"))
 
 
 def assert_same_table(got: list[dict], want: list[dict]) -> None:
@@ -31,9 +38,26 @@ def worker_pids() -> list[int]:
     return pids
 
 
-def test_ray_with_two_workers_gives_the_local_table(local_audit, captions_file, tmp_path):
+@pytest.fixture
+def ray_head(tmp_path):
+    """A two-CPU Ray head on this machine, stopped after the test. (`--ray auto` joins it: an
+    explicit address would also need the cluster's auth token in the driver's environment.)"""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    started = subprocess.run([RAY, "start", "--head", f"--port={port}", "--num-cpus=2", "--include-dashboard=false",
+                              "--disable-usage-stats"], env=environment(), capture_output=True, text=True, timeout=300)
+    assert started.returncode == 0, started.stderr[-3000:]
+    try:
+        yield "auto"
+    finally:
+        subprocess.run([RAY, "stop", "--force"], capture_output=True, timeout=300)
+
+
+def test_ray_with_two_workers_gives_the_local_table(local_audit, captions_file, tmp_path, ray_head):
     out = tmp_path / "audit"
-    done = run("--captions", captions_file[0], "--out", out, "--seeds", 4, "--ray", "local", "--workers", 2)
+    done = run("--captions", captions_file[0], "--out", out, "--seeds", 4, "--ray", ray_head, "--workers", 2)
+    assert "Connected to Ray cluster" in done.stdout + done.stderr
     assert "Ray: 2 worker(s)" in done.stdout + done.stderr
     got = rows(out)
     assert len(got) == 200
