@@ -191,7 +191,9 @@ class Engine:
         wanted = [job.save_images == "all" or (job.save_images == "flagged" and f) for f in flagged]
         if any(wanted):
             height, width = _thumb_size(images.shape[1], images.shape[2])
-            small = F.interpolate(images.movedim(-1, 1), size=(height, width), mode="nearest").movedim(1, -1)
+            # enlarge pixel art crisply, shrink photos without aliasing
+            mode = "nearest" if height >= images.shape[1] else "area"
+            small = F.interpolate(images.movedim(-1, 1), size=(height, width), mode=mode).movedim(1, -1)
             heat = (heatmap.to_image_map(record.heat, height, width) if record.heat is not None
                     else torch.zeros(len(items), height, width))
             overlays = heatmap.overlay(small, heat, 0.6)
