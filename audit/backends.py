@@ -24,8 +24,8 @@ class LocalBackend:
     def region_for_job(self, given: bytes | None, label: str) -> tuple[bytes | None, str]:
         return self.engine.region_for_job(given, label)
 
-    def calibrate(self, progress=None) -> bytes:
-        return self.engine.calibrate(progress)
+    def calibrate(self) -> bytes:
+        return self.engine.calibrate()
 
     def start(self, region: bytes, batches: int) -> None:
         self.engine.use_region(region)

@@ -90,7 +90,7 @@ class RayBackend:
         self._scout = self._actor(None)
         return self._get(self._scout.region_for_job.remote(given, label))
 
-    def calibrate(self, progress=None) -> bytes:
+    def calibrate(self) -> bytes:
         return self._get(self._scout.calibrate.remote())
 
     def _get(self, ref):

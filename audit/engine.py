@@ -79,25 +79,21 @@ class Engine:
 
     # -- the model ------------------------------------------------------------------------------
     def _load_testbed(self):
-        from ..core.testbed import WEIGHTS, load_testbed
         from ..core.testbed import latent as testbed_latent
-        from ..nodes.testbed_model import testbed_model_patcher
-        from ..nodes.testbed_nodes import encode_conditioning
+        from ..nodes.testbed_nodes import check_vocabulary, encode_conditioning, shared_testbed
 
         if self.job.loras:
             raise JobError("LoRAs apply to checkpoints; the testbed takes none.")
-        with torch.inference_mode(False):
-            tb = load_testbed(WEIGHTS)
+        tb, model = shared_testbed()
         for n, caption in enumerate((*self.job.captions, self.job.negative), 1):
-            unknown = tb.unknown_words(caption)
-            if unknown:
+            try:
+                check_vocabulary(tb, caption)
+            except ValueError as e:   # the nodes' message, plus which caption
                 where = "--negative" if n > len(self.job.captions) else f"caption {n} ({caption!r})"
-                known = ", ".join(w for w in tb.vocab if not w.startswith("<"))
-                raise JobError(f"The testbed does not know the word(s) {', '.join(sorted(set(unknown)))} in {where}. "
-                               f"Its vocabulary: {known}.")
+                raise JobError(f"{where}: {e}") from None
         self.testbed = tb
         self.clip = tb
-        self.model = testbed_model_patcher(tb)
+        self.model = model
         self.encode = lambda text: encode_conditioning(tb, text)
         self.latent = {"samples": torch.zeros(1, *tb.latent_shape)}
         self.decode = lambda s: ((testbed_latent.decode(s.float().cpu()) + 1) / 2).clamp(0, 1).movedim(1, -1)
@@ -142,16 +138,11 @@ class Engine:
             return _region_bytes(region), f"{name} in the calibration folder"
         return None, "no calibration for these settings"
 
-    def calibrate(self, progress=None) -> bytes:
+    def calibrate(self) -> bytes:
         job = self.job
         prompts = list(job.calibration_prompts) or default_prompts(self.clip, 50)
-        if progress is not None:
-            comfy.utils.set_progress_bar_global_hook(lambda value, total, preview, node_id=None: progress(value, total))
-        try:
-            region = calibrate(self.model, self.encode, prompts, job.calibration_seeds, 0, job.steps, job.cfg,
-                               job.sampler, job.scheduler, self.latent, 1.0, job.negative)
-        finally:
-            comfy.utils.set_progress_bar_global_hook(None)
+        region = calibrate(self.model, self.encode, prompts, job.calibration_seeds, 0, job.steps, job.cfg,
+                           job.sampler, job.scheduler, self.latent, 1.0, job.negative)
         return _region_bytes(region)
 
     def use_region(self, data: bytes) -> None:

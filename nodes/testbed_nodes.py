@@ -20,7 +20,8 @@ REGION = WEIGHTS.parent / "testbed_region.safetensors"   # calibrated for the de
 _loaded: dict[tuple[str, float], tuple[Testbed, object]] = {}
 
 
-def _load() -> tuple[Testbed, object]:
+def shared_testbed() -> tuple[Testbed, object]:
+    """The shipped testbed and its MODEL, loaded once per weights file (the loader node and the audit)."""
     key = (str(WEIGHTS), os.path.getmtime(WEIGHTS))
     if key not in _loaded:
         _loaded.clear()
@@ -50,7 +51,7 @@ class TestbedLoader(io.ComfyNode):
 
     @classmethod
     def execute(cls) -> io.NodeOutput:
-        tb, model = _load()
+        tb, model = shared_testbed()
         return io.NodeOutput(model, tb, RegionSet([load_region(REGION)], [REGION.name]))
 
 
@@ -74,12 +75,16 @@ class TestbedTextEncode(io.ComfyNode):
         return io.NodeOutput(encode_conditioning(testbed, text))
 
 
-def encode_conditioning(testbed: Testbed, text: str) -> list:
+def check_vocabulary(testbed: Testbed, text: str) -> None:
     unknown = testbed.unknown_words(text)
     if unknown:
         known = ", ".join(w for w in testbed.vocab if not w.startswith("<"))
         raise ValueError(f"The testbed model does not know the word(s) {', '.join(sorted(set(unknown)))}. "
                          f"Its vocabulary: {known}.")
+
+
+def encode_conditioning(testbed: Testbed, text: str) -> list:
+    check_vocabulary(testbed, text)
     return [[testbed.encode([text]).cpu(), {}]]
 
 

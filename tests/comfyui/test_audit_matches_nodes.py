@@ -17,13 +17,18 @@ from harness import comfyui_root
 ROOT = Path(__file__).resolve().parents[2]
 
 
+def audit(*args) -> subprocess.CompletedProcess:
+    """The audit command on this ComfyUI, as a user runs it."""
+    env = {**os.environ, "COMFYUI_PATH": str(comfyui_root()), "TQDM_DISABLE": "1"}
+    return subprocess.run([sys.executable, str(ROOT / "audit"), "--cpu", *map(str, args)], env=env,
+                          capture_output=True, text=True, timeout=600)
+
+
 def test_audit_scores_are_the_guarded_ksamplers(comfy_session, tmp_path):
     captions = tmp_path / "captions.txt"
     captions.write_text(f"{MEMORIZED}\n{NOVEL}\n")
     out = tmp_path / "audit"
-    env = {**os.environ, "COMFYUI_PATH": str(comfyui_root()), "TQDM_DISABLE": "1"}
-    done = subprocess.run([sys.executable, str(ROOT / "audit"), "--cpu", "--captions", str(captions), "--out", str(out),
-                           "--seeds", "2", "--seed", "5"], env=env, capture_output=True, text=True, timeout=600)
+    done = audit("--captions", captions, "--out", out, "--seeds", 2, "--seed", 5)
     assert done.returncode == 0, done.stderr[-4000:]
     table = pq.read_table(out / "results.parquet").to_pylist()
     assert [(r["caption"], r["seed"]) for r in table] == [(MEMORIZED, 5), (MEMORIZED, 6), (NOVEL, 5), (NOVEL, 6)]
@@ -46,14 +51,12 @@ def test_audit_names_a_missing_model_file_or_text_encoder(comfy_session, tiny_sd
     captions = tmp_path / "captions.txt"
     captions.write_text("a photo of a cat\n")
     ckpt = comfy_session.checkpoints_dir / tiny_sd_ckpt
-    env = {**os.environ, "COMFYUI_PATH": str(comfyui_root()), "TQDM_DISABLE": "1"}
     cases = [(["--checkpoint", "missing.safetensors"], "checkpoint 'missing.safetensors' was not found"),
              (["--checkpoint", str(ckpt), "--lora", "nope.safetensors:0.5"], "lora 'nope.safetensors' was not found"),
              # the tiny test checkpoint carries no text encoder, as some UNet-only files do
              (["--checkpoint", str(ckpt), "--width", "64", "--height", "64"], "holds no text encoder")]
     for extra, message in cases:
         out = tmp_path / f"out{len(extra)}"
-        done = subprocess.run([sys.executable, str(ROOT / "audit"), "--cpu", "--captions", str(captions), "--out", str(out),
-                               *extra], env=env, capture_output=True, text=True, timeout=600)
+        done = audit("--captions", captions, "--out", out, *extra)
         assert done.returncode == 2 and message in done.stderr, (extra, done.stderr[-3000:])
         assert not out.exists()

@@ -80,7 +80,7 @@ def test_empty_latent_image_is_sized_by_the_testbeds_downscale_ratio(comfy_sessi
     pack = comfy_session.pack_module.__name__
     compat = importlib.import_module(f"{pack}.nodes._compat")
     testbed_nodes = importlib.import_module(f"{pack}.nodes.testbed_nodes")
-    model = testbed_nodes._load()[1]   # the MODEL that Load Memorizing Testbed outputs
+    model = testbed_nodes.shared_testbed()[1]   # the MODEL that Load Memorizing Testbed outputs
     assert model.get_model_object("latent_format").spacial_downscale_ratio == 2
     (latent,) = nodes.EmptyLatentImage().generate(1024, 1024, 1)
     sized = "downscale_ratio_spacial" in inspect.signature(comfy.sample.fix_empty_latent_channels).parameters \

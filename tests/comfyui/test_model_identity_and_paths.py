@@ -12,7 +12,7 @@ def _identity_and_testbed(comfy_session):
     """The pack's model-identity module and the testbed loaded as a ComfyUI model."""
     pack = comfy_session.pack_module.__name__
     testbed_nodes = importlib.import_module(f"{pack}.nodes.testbed_nodes")
-    return importlib.import_module(f"{pack}.nodes._model_id"), testbed_nodes._load()[1]
+    return importlib.import_module(f"{pack}.nodes._model_id"), testbed_nodes.shared_testbed()[1]
 
 
 def test_weight_patches_change_the_model_identity(comfy_session):
