@@ -29,7 +29,7 @@ MODES = ("detect", "mitigate")
 #   reprompt          after the run, move the flagged item's prompt embedding until its pull is ordinary
 #                     (Wen et al. 2024) and sample it again from the same noise (core/reprompt.py)
 #   repel             keep guiding, but take out of every later clean prediction the pattern the
-#                     flagged step's clean prediction showed (the copy taking shape); colours stay
+#                     conditional prediction showed at the flagged step (the copy taking shape); colours stay
 STRATEGIES = ("unconditional", "orthogonal", "delayed_guidance", "stability", "reprompt", "repel")
 RESTART_STRATEGIES = ("reprompt",)   # need the whole run in hand: the guarded sampler restarts the item
 GUIDANCE_STRATEGIES = ("orthogonal", "delayed_guidance", "unconditional", "repel")
@@ -40,7 +40,7 @@ MIN_NULL_RUNS = 20   # calibration runs below which a false-flag rate cannot be 
 @dataclass(frozen=True)
 class GuardConfig:
     mode: str = "mitigate"               # "detect" watches; "mitigate" also steers flagged items
-    strategy: str = "unconditional"      # how to steer, see STRATEGIES
+    strategy: str = "repel"              # how to steer, see STRATEGIES (chosen in docs/mitigation.md)
     exact: bool = True                   # re-evaluate the model where a correction moved the latent
     off_scale: float = -0.5              # guidance scale while a flagged item's guidance is off: 0 is the
                                          # unconditional model, which can draw a memorized image itself;
@@ -252,10 +252,14 @@ class StabilityGuard:
             self.override[new] = self.config.off_scale
         elif strategy == "repel" and bool((new & ~self.repelled).any()) and denoised_next is not None:
             first = new & ~self.repelled    # escalated items keep the pattern of their first flag
+            # the conditional model's own clean prediction is its estimate of the image the caption
+            # maps to (the copy); the guided one overshoots it and, on an image not yet heading for the
+            # copy, shows its own layout, whose removal let the copy in (docs/mitigation.md)
+            source = cond_next if cond_next is not None else denoised_next
             if self.copy_pattern is None:
-                self.copy_pattern = torch.zeros(denoised_next.shape, dtype=torch.float32, device=denoised_next.device)
-            rows = first.nonzero().flatten().to(denoised_next.device)
-            self.copy_pattern[rows] = mitigate.unit_pattern(denoised_next[rows])
+                self.copy_pattern = torch.zeros(source.shape, dtype=torch.float32, device=source.device)
+            rows = first.nonzero().flatten().to(source.device)
+            self.copy_pattern[rows] = mitigate.unit_pattern(source[rows])
             self.repelled |= first
         elif strategy == "delayed_guidance":
             gap_now = gap.cpu() if gap is not None else torch.full((self.batch,), float("nan"))

@@ -9,10 +9,10 @@
   guidance (orthogonal strategy; the projection is APG's, the choice of direction ours).
 - `unit_pattern` / `repel`: a clean prediction's spatial pattern (each channel's mean removed, unit
   norm) and a prediction with its positive component along such a pattern removed. With the
-  pattern the flagged step's clean prediction showed (the memorized image taking shape), later
-  predictions can no longer move towards that image while guidance and colours stay (repel
-  strategy; guidance away from the image being copied as in AMG, Chen et al. 2024, with the copy
-  estimated from the run itself instead of a training-set index).
+  pattern the conditional model's clean prediction showed at the flagged step (the memorized image
+  taking shape), later predictions can no longer move towards that image while guidance and colours
+  stay (repel strategy; guidance away from the image being copied as in AMG, Chen et al. 2024, with
+  the copy estimated from the run itself instead of a training-set index).
 - `shifted_prediction`: the cheap stand-in for re-evaluating the model at a corrected latent.
 """
 

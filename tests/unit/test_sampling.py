@@ -107,6 +107,35 @@ def test_unconditional_runs_a_flagged_item_at_off_scale_from_the_flagged_step(re
     assert torch.allclose(r.latent[1:], alone, atol=1e-5)
 
 
+def test_repel_takes_its_pattern_from_the_conditional_prediction_at_the_flagged_step(region):
+    # the conditional model's clean prediction is its estimate of the image the caption maps to; the
+    # guided one overshoots it (cfg 7.5) and differs from it in layout wherever uncond has structure
+    from memguard.core.mitigate import unit_pattern
+
+    cond, uncond = torch.cat([mus(1, 0.3, 60), mus(1, 4.0, 61)]), torch.zeros(2, *SHAPE)
+    uncond[1] = mus(1, 2.0, 64)[0]
+    seen = {}
+
+    def watch(step, guard):
+        if guard.repelled.any() and "pattern" not in seen:
+            seen["pattern"] = guard.copy_pattern[1].clone()
+            seen["step"] = step
+
+    def recording_pair(x, sigma, rows, need_uncond):
+        c, u = cfg_pair(denoise, cond, uncond)(x, sigma, rows, need_uncond)
+        seen.setdefault("cond", []).append((float(sigma[0]), c.clone(), u.clone()))
+        return c, u
+
+    r = guarded_sample(recording_pair, noise(2, 8), SIGMAS, settings(), CFG, region=region,
+                       config=GuardConfig(mode="mitigate", strategy="repel", exact=False), callback=watch)
+    step = r.report.items[1].first_flagged_step
+    assert step == seen["step"] and not r.report.items[0].flagged
+    _, c, u = next(e for e in seen["cond"] if e[0] == float(SIGMAS[step + 1]))   # D(x_{step+1}), as observed
+    assert torch.allclose(seen["pattern"], unit_pattern(c[1:2])[0], atol=1e-6)
+    guided = u[1:2] + CFG * (c[1:2] - u[1:2])
+    assert not torch.allclose(seen["pattern"], unit_pattern(guided)[0], atol=1e-3)
+
+
 def test_non_finite_latents_are_reported_not_raised(region):
     pair = cfg_pair(denoise, mus(2, 0.3, 70), torch.zeros(2, *SHAPE))
     x = noise(2, 9)
