@@ -31,16 +31,17 @@ def guard_inputs() -> list[io.Input]:
                        tooltip="detect: watch and report, the image is exactly what the sampler makes. "
                                "mitigate: also steer flagged items away from the memorized image."),
         io.Combo.Input("strategy", options=list(STRATEGIES), default=_G.strategy, **advanced(io.Combo),
-                       tooltip="How mitigate steers a flagged image. unconditional: its guidance goes off from the "
+                       tooltip="How mitigate steers a flagged image. repel (default): keeps guiding, but takes out "
+                               "of every later prediction the pattern the conditional prediction showed at the "
+                               "flagged step (the copy taking shape); colours stay, and guidance goes off if the image "
+                               "leaves the band again. unconditional: its guidance goes off from the "
                                "flagged step (no copy, but the prompt stops steering it). orthogonal: keeps guiding "
                                "minus the direction that pulled toward the copy (keeps more of the prompt, removes "
                                "fewer copies). delayed_guidance: guidance off until the trajectory leaves the "
                                "memorized basin (Jain et al.). stability: the paper's rescale-and-clamp correction. "
                                "reprompt: after the run, the flagged image's prompt embedding is moved until its "
                                "pull is that of ordinary prompts (Wen et al.) and the image is sampled again from "
-                               "the same noise (Guarded KSampler and model patch only; costs about a second run). "
-                               "repel: keeps guiding, but takes out of every later prediction the pattern the "
-                               "flagged step's prediction showed (the copy taking shape); colours stay."),
+                               "the same noise (Guarded KSampler and model patch only; costs about a second run)."),
         io.Boolean.Input("exact", default=_G.exact, **advanced(io.Boolean),
                          tooltip="Redo the flagged step with the new guidance (or re-evaluate the model where a "
                                  "correction moved the latent): one extra model call at that step, only when an "

@@ -36,3 +36,26 @@ def test_memorized_prompt_is_flagged_and_mitigation_removes_the_copy(comfy_sessi
     after = correlation_with_training_image(comfy_session, mitigated.node_output("6")[0])
     assert bool((after < 0.9).all()), f"a copy survived mitigation: {after}"
     assert torch.isfinite(mitigated.node_output("5")[0]["samples"]).all()
+
+
+def test_the_default_strategy_through_the_model_patch_and_a_stock_ksampler_removes_the_copy(comfy_session):
+    """The pack's default strategy on a stock KSampler through the model patch: every flagged image
+    steered, none still a copy (the testbed copies on every seed)."""
+    from graphs import guard_inputs
+    from test_sampling_paths import graph_start, ksampler
+
+    default = importlib.import_module(f"{comfy_session.pack_module.__name__}.core.guard").GuardConfig().strategy
+    inputs = guard_inputs("mitigate", strategy=default)
+    g = graph_start(batch=3)
+    g["10"] = {"class_type": "MemGuardModelPatch", "inputs": {"model": ["1", 0], "calibration": ["1", 2], **inputs}}
+    g["5"] = ksampler(["10", 0], seed=21)
+    g["6"] = {"class_type": "MemGuardReport", "inputs": {"samples": ["5", 0]}}
+    g["7"] = {"class_type": "MemGuardTestbedDecode", "inputs": {"samples": ["5", 0], "upscale": 1}}
+    g["8"] = {"class_type": "PreviewImage", "inputs": {"images": ["7", 0]}}
+    g["9"] = {"class_type": "PreviewAny", "inputs": {"source": ["6", 0]}}
+    r = comfy_session.run_prompt(g)
+    report = r.node_output("6")[0].report
+    assert report.config["strategy"] == default == "repel"
+    assert all(it.flagged and it.steered_steps for it in report.items)
+    after = correlation_with_training_image(comfy_session, r.node_output("7")[0])
+    assert bool((after < 0.9).all()), f"a copy survived mitigation: {after}"
