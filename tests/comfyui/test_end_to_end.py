@@ -42,18 +42,10 @@ def test_the_default_strategy_through_the_model_patch_and_a_stock_ksampler_remov
     """The pack's default strategy on a stock KSampler through the model patch: every flagged image
     steered, none still a copy (the testbed copies on every seed)."""
     from graphs import guard_inputs
-    from test_sampling_paths import graph_start, ksampler
+    from test_sampling_paths import patched_stock_ksampler
 
     default = importlib.import_module(f"{comfy_session.pack_module.__name__}.core.guard").GuardConfig().strategy
-    inputs = guard_inputs("mitigate", strategy=default)
-    g = graph_start(batch=3)
-    g["10"] = {"class_type": "MemGuardModelPatch", "inputs": {"model": ["1", 0], "calibration": ["1", 2], **inputs}}
-    g["5"] = ksampler(["10", 0], seed=21)
-    g["6"] = {"class_type": "MemGuardReport", "inputs": {"samples": ["5", 0]}}
-    g["7"] = {"class_type": "MemGuardTestbedDecode", "inputs": {"samples": ["5", 0], "upscale": 1}}
-    g["8"] = {"class_type": "PreviewImage", "inputs": {"images": ["7", 0]}}
-    g["9"] = {"class_type": "PreviewAny", "inputs": {"source": ["6", 0]}}
-    r = comfy_session.run_prompt(g)
+    r = comfy_session.run_prompt(patched_stock_ksampler(guard_inputs("mitigate", strategy=default), batch=3))
     report = r.node_output("6")[0].report
     assert report.config["strategy"] == default == "repel"
     assert all(it.flagged and it.steered_steps for it in report.items)

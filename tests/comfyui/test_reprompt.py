@@ -15,7 +15,7 @@ import pytest
 import torch
 from graphs import MEMORIZED, NOVEL, demo_graph, guard_inputs
 from test_end_to_end import correlation_with_training_image
-from test_sampling_paths import graph_start, ksampler, latent
+from test_sampling_paths import graph_start, latent, patched_stock_ksampler
 
 
 def test_reprompt_in_the_guarded_ksampler_samples_flagged_images_again(comfy_session):
@@ -39,15 +39,7 @@ def test_reprompt_in_the_guarded_ksampler_samples_flagged_images_again(comfy_ses
 
 
 def test_reprompt_through_the_model_patch_and_a_stock_ksampler(comfy_session):
-    g = graph_start(batch=2)
-    g["10"] = {"class_type": "MemGuardModelPatch", "inputs": {"model": ["1", 0], "calibration": ["1", 2],
-                                                              **guard_inputs("mitigate", strategy="reprompt")}}
-    g["5"] = ksampler(["10", 0], seed=21)
-    g["6"] = {"class_type": "MemGuardReport", "inputs": {"samples": ["5", 0]}}
-    g["7"] = {"class_type": "MemGuardTestbedDecode", "inputs": {"samples": ["5", 0], "upscale": 1}}
-    g["8"] = {"class_type": "PreviewImage", "inputs": {"images": ["7", 0]}}
-    g["9"] = {"class_type": "PreviewAny", "inputs": {"source": ["6", 0]}}
-    r = comfy_session.run_prompt(g)
+    r = comfy_session.run_prompt(patched_stock_ksampler(guard_inputs("mitigate", strategy="reprompt")))
     report = r.node_output("6")[0].report
     assert all(it.flagged for it in report.items)
     assert sum(n.startswith("item ") and "re-prompted" in n for n in report.notes) == 2, report.notes

@@ -29,6 +29,19 @@ def ksampler(model, seed=3, steps=50, sampler="euler", scheduler="normal", cfg=7
         "positive": ["2", 0], "negative": ["3", 0], "latent_image": ["4", 0], "denoise": 1.0, **extra}}
 
 
+def patched_stock_ksampler(guard: dict, batch=2, seed=21) -> dict:
+    """The model patch (with `guard`'s inputs) on a stock KSampler, its report and decoded images
+    as outputs: "5" the KSampler, "6" the report, "7" the images."""
+    g = graph_start(batch=batch)
+    g["10"] = {"class_type": "MemGuardModelPatch", "inputs": {"model": ["1", 0], "calibration": ["1", 2], **guard}}
+    g["5"] = ksampler(["10", 0], seed=seed)
+    g["6"] = {"class_type": "MemGuardReport", "inputs": {"samples": ["5", 0]}}
+    g["7"] = {"class_type": "MemGuardTestbedDecode", "inputs": {"samples": ["5", 0], "upscale": 1}}
+    g["8"] = {"class_type": "PreviewImage", "inputs": {"images": ["7", 0]}}
+    g["9"] = {"class_type": "PreviewAny", "inputs": {"source": ["6", 0]}}
+    return g
+
+
 def shown(*nodes) -> dict:
     """Output nodes that make the given nodes run (ComfyUI executes only what an output needs)."""
     return {f"show{n}": {"class_type": "PreviewAny", "inputs": {"source": [n, 0]}} for n in nodes}
