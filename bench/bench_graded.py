@@ -143,7 +143,7 @@ def scorers(region, config: DetectionConfig = DetectionConfig()) -> list[Scorer]
     u, c = QUANTITIES.index("update"), QUANTITIES.index("clean")
 
     def ev(z, k):
-        return evidence.path(z, null)[:, :k].max(1).values
+        return evidence.window_max(evidence.path(z, null), k)
 
     def band(z, k):
         return step_excess(z[..., u], z[..., c])[:, :k].nan_to_num(-1).max(1).values
@@ -157,7 +157,7 @@ def scorers(region, config: DetectionConfig = DetectionConfig()) -> list[Scorer]
     thr02 = null02.tail.threshold(config.false_flag_rate)
 
     def ev02(z, k):
-        return evidence.path(z, null02)[:, :k].max(1).values
+        return evidence.window_max(evidence.path(z, null02), k)
 
     return [
         Scorer(f"this pack: evidence, flag at rate {config.false_flag_rate:g} (threshold {thr:.2f})",

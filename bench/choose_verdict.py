@@ -3,17 +3,21 @@
     python bench/choose_verdict.py --models graded_a,graded_m,graded_p,graded_pb
 
 For each candidate (weights of the update, guidance-gap and agreement z-scores; window of the
-first K steps), on each model's validation recording (bench/bench_graded.py's cache in
-bench_out/<model>: run it first), it prints the verbatim-copy AUC and TPR at 1 % FPR against
-ordinary generations, the share of verbatim / partial copies flagged online at false-flag rate
-0.001, and the ordinary generations flagged; then the mean verbatim AUC over the models. The rule
-fixed before the numbers: the highest mean verbatim AUC, and among equals the fewest quantities.
+first K steps; the share of the first steps the evidence leaves out), on each model's validation
+recording (bench/bench_graded.py's cache in bench_out/<model>: run it first), it prints the
+verbatim-copy AUC and TPR at 1 % FPR against ordinary generations, the share of verbatim /
+partial copies flagged online at false-flag rate 0.001, and the ordinary generations flagged; then
+the mean verbatim AUC over the models. The rule fixed before the numbers: the highest mean
+verbatim AUC, and among equals the fewest quantities (and, added with the start, the earliest
+start). The weights and windows were chosen at e4c4dc5 with the evidence starting at step 0; the
+start was added on 2026-12-07 (--starts 0 reproduces the first grid).
 Prints measurements; not a test.
 """
 
 from __future__ import annotations
 
 import argparse
+import itertools
 import sys
 from pathlib import Path
 
@@ -29,6 +33,7 @@ CANDIDATES = [  # (update, gap, agreement) weights
     (0.5, 0.5, 0.0), (0.25, 0.25, -0.5), (0.33, 0.33, -0.33), (0.0, 0.0, -1.0), (0.0, 0.5, -0.5), (0.5, 0.0, -0.5),
 ]
 WINDOWS = (10, 15)
+STARTS = (0.0, 0.02, 0.04, 0.06, 0.08)   # shares of the steps left out: 0-4 of 50
 RATE = 0.001
 
 
@@ -36,6 +41,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--models", default="graded_a,graded_m,graded_p,graded_pb")
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--starts", default=",".join(str(f) for f in STARTS), help="comma-separated shares of the steps")
     args = ap.parse_args()
     data = {}
     for m in args.models.split(","):
@@ -47,21 +53,27 @@ def main() -> None:
         part = [i for i in range(len(kinds)) if partial <= corr[i] < VERBATIM]
         ordinary = [i for i in range(len(kinds)) if kinds[i] in ORDINARY_KINDS and corr[i] < partial]
         data[m] = (region, zscores(rec, region), verbatim, part, ordinary)
-    for wu, wg, wa in CANDIDATES:
+    best = None
+    for (wu, wg, wa), window, share in itertools.product(CANDIDATES, WINDOWS, [float(f) for f in args.starts.split(",")]):
         weights = {"latent": 0.0, "update": wu, "clean": 0.0, "gap": wg, "agreement": wa}
-        for window in WINDOWS:
-            cells, aucs = [], []
-            for m, (region, z, verbatim, part, ordinary) in data.items():
-                null = evidence.null_from_trajectories(region.trajectories, window, weights)
-                s = evidence.path(z, null)[:, :window].max(1).values
-                flag = s > null.tail.threshold(RATE)
-                auc = roc_auc(s[verbatim], s[ordinary])
-                aucs.append(auc)
-                part_share = f"{float(flag[part].float().mean()):.2f}" if part else "-"
-                cells.append(f"{m}: AUC {auc:.3f} TPR {tpr_at_fpr(s[verbatim], s[ordinary]):.2f} flagged "
-                             f"{float(flag[verbatim].float().mean()):.2f}/{part_share} ordinary {int(flag[ordinary].sum())}")
-            print(f"update {wu} gap {wg} agreement {wa}, first {window} steps: mean verbatim AUC "
-                  f"{sum(aucs) / len(aucs):.4f}\n    " + "\n    ".join(cells), flush=True)
+        cells, aucs = [], []
+        for m, (region, z, verbatim, part, ordinary) in data.items():
+            start = min(int(share * region.steps + 1e-9), window - 1)
+            null = evidence.null_from_trajectories(region.trajectories, window, weights, start)
+            s = evidence.window_max(evidence.path(z, null), window)
+            flag = s > null.tail.threshold(RATE)
+            auc = roc_auc(s[verbatim], s[ordinary])
+            aucs.append(auc)
+            part_share = f"{float(flag[part].float().mean()):.2f}" if part else "-"
+            cells.append(f"{m}: AUC {auc:.3f} TPR {tpr_at_fpr(s[verbatim], s[ordinary]):.2f} flagged "
+                         f"{float(flag[verbatim].float().mean()):.2f}/{part_share} ordinary {int(flag[ordinary].sum())}")
+        mean = round(sum(aucs) / len(aucs), 4)
+        print(f"update {wu} gap {wg} agreement {wa}, first {window} steps, from {share:g} of the steps: "
+              f"mean verbatim AUC {mean:.4f}\n    " + "\n    ".join(cells), flush=True)
+        key = (mean, -sum(w != 0 for w in (wu, wg, wa)), -share)
+        if best is None or key > best[0]:
+            best = (key, f"update {wu} gap {wg} agreement {wa}, first {window} steps, from {share:g} of the steps")
+    print(f"by the rule: {best[1]} (mean verbatim AUC {best[0][0]:.4f})")
 
 
 if __name__ == "__main__":

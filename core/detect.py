@@ -73,8 +73,14 @@ def window_scores(a: torch.Tensor, cfg: DetectionConfig, steps: int) -> dict[str
     if a.shape[0] == 0:
         nan = torch.full((a.shape[1],), float("nan"))
         return {name: nan.clone() for name in SCORES}
-    k = cfg.first_window(steps)
-    return {"max": a.max(dim=0).values, "first": a[:k].max(dim=0).values, "mean": a.mean(dim=0)}
+    k = cfg.first_window(steps)   # NaN steps (before the evidence starts) are skipped
+    return {"max": nan_max(a), "first": nan_max(a[:k]), "mean": a.nanmean(dim=0)}
+
+
+def nan_max(a: torch.Tensor) -> torch.Tensor:
+    """Max over dim 0 ignoring NaN; NaN where a column holds nothing else."""
+    top = a.nan_to_num(nan=-math.inf).max(dim=0).values
+    return torch.where(torch.isnan(a).all(dim=0), torch.full_like(top, float("nan")), top)
 
 
 def roc_auc(positive: torch.Tensor, negative: torch.Tensor) -> float:

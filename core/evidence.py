@@ -20,6 +20,7 @@ recorded trajectories (`path`), with the same arithmetic, so offline scores are 
 from __future__ import annotations
 
 import functools
+import math
 from dataclasses import dataclass
 
 import torch
@@ -32,6 +33,8 @@ from .null import NullTail, fit_tail, leave_one_out_z
 EVIDENCE_WEIGHTS = {"latent": 0.0, "update": 0.0, "clean": 0.0, "gap": 0.0, "agreement": -1.0}
 # regions without agreement statistics: a copy's update and guidance gap run high
 LEGACY_WEIGHTS = {"latent": 0.0, "update": 0.5, "clean": 0.0, "gap": 0.5, "agreement": 0.0}
+# the share of the steps whose agreement evidence is left out (legacy regions start at step 0, as before)
+EVIDENCE_START_FRACTION = 0.06
 
 
 def weights_for(trajectories: torch.Tensor) -> dict[str, float]:
@@ -56,14 +59,30 @@ def step_evidence(z: torch.Tensor, weights: dict[str, float] = EVIDENCE_WEIGHTS)
     return (z.double().nan_to_num(0.0) * _vector(weights).to(z.device)).sum(-1)
 
 
-def running_mean(e: torch.Tensor) -> torch.Tensor:
-    """R_j from e [..., N] over the last axis, summed in order as EvidencePath.push sums."""
+def evidence_start(steps: int, window: int, weights: dict[str, float]) -> int:
+    """The first step the evidence counts, for a run of `steps` whose verdict window is `window`."""
+    if weights != EVIDENCE_WEIGHTS:
+        return 0
+    return min(int(EVIDENCE_START_FRACTION * steps + 1e-9), window - 1)
+
+
+def running_mean(e: torch.Tensor, start: int = 0) -> torch.Tensor:
+    """R_j from e [..., N] over the last axis from `start` (NaN before it), summed in order as
+    EvidencePath.push sums."""
     total = torch.zeros_like(e[..., 0])
-    out = torch.empty_like(e)
-    for j in range(e.shape[-1]):
+    out = torch.full_like(e, float("nan"))
+    for j in range(start, e.shape[-1]):
         total = total + e[..., j]
-        out[..., j] = total / (j + 1)
+        out[..., j] = total / (j - start + 1)
     return out
+
+
+def window_max(s: torch.Tensor, window: int) -> torch.Tensor:
+    """The largest S_j [..., N] over steps < window, ignoring the steps before the start (NaN
+    where the window holds none)."""
+    part = s[..., :window]
+    top = part.nan_to_num(nan=-math.inf).max(-1).values
+    return torch.where(torch.isnan(part).all(-1), torch.full_like(top, float("nan")), top)
 
 
 @dataclass(frozen=True)
@@ -76,6 +95,7 @@ class EvidenceNull:
     window: int
     tail: NullTail
     weights: dict            # the step evidence's weights (EVIDENCE_WEIGHTS or LEGACY_WEIGHTS)
+    start: int = 0           # the first step the evidence counts
 
     def standardize(self, r: torch.Tensor, step: int | None = None) -> torch.Tensor:
         """S from R: r [..., N] for all steps, or r [...] at `step`."""
@@ -84,18 +104,21 @@ class EvidenceNull:
         return (r - float(self.mean[step])) / float(self.spread[step])
 
 
-def null_from_trajectories(trajectories: torch.Tensor, window: int, weights: dict | None = None) -> EvidenceNull:
-    """From a region's calibration runs [R, N, Q] (each scored as if it were new)."""
+def null_from_trajectories(trajectories: torch.Tensor, window: int, weights: dict | None = None,
+                           start: int | None = None) -> EvidenceNull:
+    """From a region's calibration runs [R, N, Q] (each scored as if it were new); `start` is
+    evidence_start's unless given (benchmarks that compare starts)."""
     weights = weights_for(trajectories) if weights is None else weights
-    r = running_mean(step_evidence(leave_one_out_z(trajectories), weights))       # [R, N]
+    start = evidence_start(trajectories.shape[1], window, weights) if start is None else start
+    r = running_mean(step_evidence(leave_one_out_z(trajectories), weights), start)       # [R, N]
     mean, spread = r.mean(0), r.std(0).clamp(min=1e-6)
     s = (r - mean) / spread
-    return EvidenceNull(mean, spread, window, fit_tail(s[:, :window].max(1).values), dict(weights))
+    return EvidenceNull(mean, spread, window, fit_tail(window_max(s, window)), dict(weights), start)
 
 
 def path(z: torch.Tensor, null: EvidenceNull) -> torch.Tensor:
-    """S_j [B, N] of whole trajectories from their z-scores [B, N, Q]."""
-    return null.standardize(running_mean(step_evidence(z, null.weights)))
+    """S_j [B, N] of whole trajectories from their z-scores [B, N, Q] (NaN before the start)."""
+    return null.standardize(running_mean(step_evidence(z, null.weights), null.start))
 
 
 class EvidencePath:
@@ -107,7 +130,9 @@ class EvidencePath:
         self.count = 0
 
     def push(self, z_step: torch.Tensor) -> torch.Tensor:
-        """S_j [B] from this step's z-scores [Q, B] (steps pushed in order from 0)."""
+        """S_j [B] from this step's z-scores [Q, B] (steps pushed in order from 0; NaN before the start)."""
+        step, self.count = self.count, self.count + 1
+        if step < self.null.start:
+            return torch.full_like(self.total, float("nan"))
         self.total = self.total + step_evidence(z_step.T.cpu(), self.null.weights)
-        self.count += 1
-        return self.null.standardize(self.total / self.count, self.count - 1)
+        return self.null.standardize(self.total / (step - self.null.start + 1), step)

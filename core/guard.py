@@ -302,7 +302,7 @@ class StabilityGuard:
         reaches this item's (None without calibration trajectories)."""
         if self.null is None or self.observed == 0:
             return [None] * self.batch
-        top = self.evidence[:min(self.observed, self.k_active)].max(dim=0).values
+        top = detect.nan_max(self.evidence[:min(self.observed, self.k_active)])
         return [finite_or_none(self.null.tail.rate(float(v))) for v in top]
 
     def flagged(self) -> torch.Tensor:
@@ -368,7 +368,7 @@ class StabilityGuard:
             return {"rule": "band", "tau_mild": d.tau_mild, "window": None}
         return {"rule": "evidence", "false_flag_rate": d.false_flag_rate, "threshold": finite_or_none(self.threshold),
                 "window": self.k_active, "calibration_runs": self.null.tail.samples,
-                "weights": dict(self.null.weights)}
+                "weights": dict(self.null.weights), "start": self.null.start}
 
 
 def finite_or_none(v) -> float | None:
