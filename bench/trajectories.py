@@ -17,6 +17,7 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
+from core import evidence
 from core.guard import GuardConfig
 from core.measures import QUANTITIES
 from core.sampling import guarded_sample
@@ -44,8 +45,11 @@ class Recording:
 def record(tb, gens: list[Gen], sigmas, settings, cfg: float, chunk: int = 64, cache: Path | None = None,
            config: GuardConfig = GuardConfig(mode="detect"), region=None, progress=print) -> Recording:
     """Sample `gens` with the guard watching (detect mode, no region: it only measures)."""
-    key = json.dumps({"gens": [asdict(g) for g in gens], "settings": settings.to_dict(), "quantities": list(QUANTITIES),
-                      "config": repr(config), "region": None if region is None else region.meta.get("id")})
+    key = {"gens": [asdict(g) for g in gens], "settings": settings.to_dict(), "quantities": list(QUANTITIES),
+           "config": repr(config), "region": None if region is None else region.meta.get("id")}
+    if region is not None:   # a guard that acts on its verdict: a new verdict makes new samples
+        key["verdict"] = repr((evidence.EVIDENCE_WEIGHTS, evidence.EVIDENCE_START_FRACTION))
+    key = json.dumps(key)
     if cache is not None and cache.is_file():
         with safe_open(str(cache), framework="pt") as f:
             if (f.metadata() or {}).get("key") == key:
