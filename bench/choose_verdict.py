@@ -1,16 +1,19 @@
-"""How the verdict's evidence weights and window were chosen (on validation splits only).
+"""How the verdict's evidence weights, window and starts were chosen.
 
     python bench/choose_verdict.py --models graded_a,graded_m,graded_p,graded_pb
+    python bench/choose_verdict.py --models graded_p,graded_once_r --split test --weights 0,0,-1 --starts 0,0.06,0+0.06
 
 For each candidate (weights of the update, guidance-gap and agreement z-scores; window of the
-first K steps; the share of the first steps the evidence leaves out), on each model's validation
-recording (bench/bench_graded.py's cache in bench_out/<model>: run it first), it prints the
-verbatim-copy AUC and TPR at 1 % FPR against ordinary generations, the share of verbatim /
+first K steps; where the evidence paths start, one or the larger of two), on each model's
+recording of --split (bench/bench_graded.py's cache in bench_out/<model>: run it first), it prints
+the verbatim-copy AUC and TPR at 1 % FPR against ordinary generations, the share of verbatim /
 partial copies flagged online at false-flag rate 0.001, and the ordinary generations flagged; then
-the mean verbatim AUC over the models. The rule fixed before the numbers: the highest mean
-verbatim AUC, and among equals the fewest quantities (and, added with the start, the earliest
-start). The weights and windows were chosen at e4c4dc5 with the evidence starting at step 0; the
-start was added on 2026-12-07 (--starts 0 reproduces the first grid).
+the mean verbatim AUC over the models. The rule fixed before the numbers, on validation splits:
+the highest mean verbatim AUC, and among equals the fewest quantities (then the fewest paths and
+the earliest start). The weights and window were chosen so at e4c4dc5 (one path from step 0,
+--starts 0). On 2026-12-07 the rule picked one path from 6 % of the steps; on the held-out splits
+it lost the copies decided in the first steps, and the two-path candidate was then shipped by a
+go/no-go rule on those held-out splits fixed beforehand (docs/testbed.md, "The verdict's starts").
 Prints measurements; not a test.
 """
 
@@ -33,7 +36,8 @@ CANDIDATES = [  # (update, gap, agreement) weights
     (0.5, 0.5, 0.0), (0.25, 0.25, -0.5), (0.33, 0.33, -0.33), (0.0, 0.0, -1.0), (0.0, 0.5, -0.5), (0.5, 0.0, -0.5),
 ]
 WINDOWS = (10, 15)
-STARTS = (0.0, 0.02, 0.04, 0.06, 0.08)   # shares of the steps left out: 0-4 of 50
+# where the evidence paths start, as shares of the steps (0-4 of 50); "0+0.06": the larger of two paths
+STARTS = ("0", "0.02", "0.04", "0.06", "0.08", "0+0.06")
 RATE = 0.001
 
 
@@ -41,25 +45,29 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--models", default="graded_a,graded_m,graded_p,graded_pb")
     ap.add_argument("--threads", type=int, default=1)
-    ap.add_argument("--starts", default=",".join(str(f) for f in STARTS), help="comma-separated shares of the steps")
+    ap.add_argument("--starts", default=",".join(STARTS),
+                    help="comma-separated shares of the steps where the paths start; + joins the starts of one candidate")
+    ap.add_argument("--weights", default=None, help='update,gap,agreement triples joined by ";" (default: the grid)')
+    ap.add_argument("--split", default="validation", help="validation (the choice) or test (a report, never a choice)")
     args = ap.parse_args()
     data = {}
     for m in args.models.split(","):
         weights = Path("bench/testbeds/weights") / f"{m}.safetensors"
-        _, _, _, _, region, recs, tr, partial = prepared(weights, Path("bench_out") / m, "validation", args.threads)
-        rec, corr = recs["validation"], tr["validation"]["corr"]
+        _, _, _, _, region, recs, tr, partial = prepared(weights, Path("bench_out") / m, args.split, args.threads)
+        rec, corr = recs[args.split], tr[args.split]["corr"]
         kinds = [g.kind for g in rec.gens]
         verbatim = [i for i in range(len(kinds)) if corr[i] >= VERBATIM]
         part = [i for i in range(len(kinds)) if partial <= corr[i] < VERBATIM]
         ordinary = [i for i in range(len(kinds)) if kinds[i] in ORDINARY_KINDS and corr[i] < partial]
         data[m] = (region, zscores(rec, region), verbatim, part, ordinary)
     best = None
-    for (wu, wg, wa), window, share in itertools.product(CANDIDATES, WINDOWS, [float(f) for f in args.starts.split(",")]):
+    grid = CANDIDATES if args.weights is None else [tuple(float(w) for w in t.split(",")) for t in args.weights.split(";")]
+    for (wu, wg, wa), window, shares in itertools.product(grid, WINDOWS, args.starts.split(",")):
         weights = {"latent": 0.0, "update": wu, "clean": 0.0, "gap": wg, "agreement": wa}
         cells, aucs = [], []
         for m, (region, z, verbatim, part, ordinary) in data.items():
-            start = min(int(share * region.steps + 1e-9), window - 1)
-            null = evidence.null_from_trajectories(region.trajectories, window, weights, start)
+            starts = sorted({min(int(float(f) * region.steps + 1e-9), window - 1) for f in shares.split("+")})
+            null = evidence.null_from_trajectories(region.trajectories, window, weights, starts)
             s = evidence.window_max(evidence.path(z, null), window)
             flag = s > null.tail.threshold(RATE)
             auc = roc_auc(s[verbatim], s[ordinary])
@@ -68,11 +76,11 @@ def main() -> None:
             cells.append(f"{m}: AUC {auc:.3f} TPR {tpr_at_fpr(s[verbatim], s[ordinary]):.2f} flagged "
                          f"{float(flag[verbatim].float().mean()):.2f}/{part_share} ordinary {int(flag[ordinary].sum())}")
         mean = round(sum(aucs) / len(aucs), 4)
-        print(f"update {wu} gap {wg} agreement {wa}, first {window} steps, from {share:g} of the steps: "
+        print(f"update {wu} gap {wg} agreement {wa}, first {window} steps, from {shares} of the steps: "
               f"mean verbatim AUC {mean:.4f}\n    " + "\n    ".join(cells), flush=True)
-        key = (mean, -sum(w != 0 for w in (wu, wg, wa)), -share)
+        key = (mean, -sum(w != 0 for w in (wu, wg, wa)), -len(shares), -max(float(f) for f in shares.split("+")))
         if best is None or key > best[0]:
-            best = (key, f"update {wu} gap {wg} agreement {wa}, first {window} steps, from {share:g} of the steps")
+            best = (key, f"update {wu} gap {wg} agreement {wa}, first {window} steps, from {shares} of the steps")
     print(f"by the rule: {best[1]} (mean verbatim AUC {best[0][0]:.4f})")
 
 

@@ -48,7 +48,7 @@ def record(tb, gens: list[Gen], sigmas, settings, cfg: float, chunk: int = 64, c
     key = {"gens": [asdict(g) for g in gens], "settings": settings.to_dict(), "quantities": list(QUANTITIES),
            "config": repr(config), "region": None if region is None else region.meta.get("id")}
     if region is not None:   # a guard that acts on its verdict: a new verdict makes new samples
-        key["verdict"] = repr((evidence.EVIDENCE_WEIGHTS, evidence.EVIDENCE_START_FRACTION))
+        key["verdict"] = repr((evidence.EVIDENCE_WEIGHTS, evidence.EVIDENCE_START_FRACTIONS))
     key = json.dumps(key)
     if cache is not None and cache.is_file():
         with safe_open(str(cache), framework="pt") as f:

@@ -368,7 +368,7 @@ class StabilityGuard:
             return {"rule": "band", "tau_mild": d.tau_mild, "window": None}
         return {"rule": "evidence", "false_flag_rate": d.false_flag_rate, "threshold": finite_or_none(self.threshold),
                 "window": self.k_active, "calibration_runs": self.null.tail.samples,
-                "weights": dict(self.null.weights), "start": self.null.start}
+                "weights": dict(self.null.weights), "starts": list(self.null.starts)}
 
 
 def finite_or_none(v) -> float | None:

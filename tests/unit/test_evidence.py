@@ -115,23 +115,29 @@ def test_a_region_without_agreement_statistics_keeps_the_update_and_gap_verdict(
         assert any("before the prediction agreement" in n for n in res.report.notes) == (r is old)
 
 
-def test_the_evidence_starts_after_the_first_steps_online_as_offline():
-    """The agreement evidence leaves out the first EVIDENCE_START_FRACTION of the steps (their
-    z-scores are noise at the largest sigmas); the guard's step-by-step path equals the offline
-    one there too, and regions without the agreement start at step 0 as before."""
+def test_the_evidence_reads_two_starts_online_as_offline():
+    """The agreement evidence is the larger of two standardized paths, one from step 0 and one
+    from after the first steps (EVIDENCE_START_FRACTIONS); the guard's step-by-step statistic
+    equals the offline one, and regions without the agreement keep one path from step 0."""
     g = torch.Generator().manual_seed(3)
     calib = torch.randn(40, 50, len(QUANTITIES), generator=g)
     null = evidence.null_from_trajectories(calib, window=15)
-    assert null.start == int(evidence.EVIDENCE_START_FRACTION * 50 + 1e-9) > 0
-    assert evidence.null_from_trajectories(calib, 15, evidence.LEGACY_WEIGHTS).start == 0
-    assert evidence.null_from_trajectories(calib, window=2).start == 1      # never past the window
+    late = int(evidence.EVIDENCE_START_FRACTIONS[1] * 50 + 1e-9)
+    assert null.starts == (0, late) and late > 0
+    assert evidence.null_from_trajectories(calib, 15, evidence.LEGACY_WEIGHTS).starts == (0,)
+    assert evidence.null_from_trajectories(calib, window=2).starts == (0, 1)      # never past the window
     z = torch.randn(5, 50, len(QUANTITIES), generator=g)
     offline = evidence.path(z, null)
     online = evidence.EvidencePath(null, 5)
     steps = torch.stack([online.push(z[:, j].T) for j in range(50)], 1)
-    assert torch.isnan(offline[:, :null.start]).all() and torch.isfinite(offline[:, null.start:]).all()
-    assert torch.equal(steps.nan_to_num(7.0), offline.nan_to_num(7.0))
-    # the first counted step's evidence is that step's alone
-    e = evidence.step_evidence(z[:, null.start])
-    assert torch.allclose(offline[:, null.start], null.standardize(e, null.start))
-    assert torch.equal(evidence.window_max(offline, 15), offline[:, null.start:15].max(1).values)
+    assert torch.equal(steps, offline)
+    # by hand: each path's running mean in its own ordinary units, the larger one
+    e = evidence.step_evidence(z)
+    by_hand = []
+    for k, start in enumerate(null.starts):
+        r = torch.stack([e[:, start:j + 1].mean(1) if j >= start else torch.full((5,), float("nan"))
+                         for j in range(50)], 1)
+        by_hand.append((r - null.mean[k]) / null.spread[k])
+    expect = torch.fmax(by_hand[0], by_hand[1])
+    assert torch.allclose(offline, expect, atol=1e-9)
+    assert torch.equal(offline[:, :late], by_hand[0][:, :late])

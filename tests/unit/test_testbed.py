@@ -35,8 +35,7 @@ def test_memorized_prompt_is_flagged_in_the_first_steps_and_novel_is_not(testbed
     pair = testbed.pair([MEMORIZED, MEMORIZED, NOVEL, NOVEL])
     report = guarded_sample(pair, x, sigmas, settings, 7.5, region=region, config=GuardConfig(mode="detect")).report
     assert [it.flagged for it in report.items] == [True, True, False, False]
-    start = report.region["verdict"]["start"]     # the first step the evidence counts
-    assert all(it.first_flagged_step <= start + 2 for it in report.items[:2])
+    assert all(it.first_flagged_step <= 2 for it in report.items[:2])
 
 
 def test_the_stream_is_replayed_with_the_recipe_the_weights_record(testbed, monkeypatch):
