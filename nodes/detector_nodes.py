@@ -31,7 +31,7 @@ class MemorizationDetector(io.ComfyNode):
                 io.Image.Input("image", optional=True, tooltip="The decoded images, for the overlay and the burnt-pixel map."),
                 io.Combo.Input("score", options=list(SCORES), default="first",
                                tooltip="The verdict's evidence (how little the prompt's prediction agrees with the "
-                                       "unconditional one, accumulated over the steps after the first 6 %, in units of its spread on the "
+                                       "unconditional one, accumulated over the steps from step 0 and from 6 % of them, in units of its spread on the "
                                        "calibration runs; update and guidance gap for calibrations made before the "
                                        "agreement was measured; 0.1's band measure for older ones). first: largest in the first 10 % of steps (where the signal "
                                        "lives); max: over all steps; mean: averaged over steps."),
