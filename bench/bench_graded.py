@@ -35,7 +35,7 @@ from bench.testbeds.prompts import (  # noqa: E402
     calibration_set,
     split_set,
 )  # noqa: E402
-from bench.trajectories import record  # noqa: E402
+from bench.trajectories import latents_digest, record  # noqa: E402
 from core import evidence  # noqa: E402
 from core.detect import DetectionConfig, roc_auc, step_excess, tpr_at_fpr  # noqa: E402
 from core.measures import QUANTITIES  # noqa: E402
@@ -68,13 +68,14 @@ def recordings(tb, sigmas, settings, out: Path, splits):
 
 
 def truths(tb, recs, out: Path):
-    """Copy truth per split (cached in --out/truth_<split>.pt as plain tensors)."""
+    """Copy truth per split (cached in --out/truth_<split>.json, reused only for the same samples)."""
     result, bank = {}, None
     for split, rec in recs.items():
         path = out / f"truth_{split}.json"
+        digest = latents_digest(rec.latents)
         if path.is_file():
             d = json.loads(path.read_text())
-            if len(d["corr"]) == len(rec.gens):
+            if d.pop("latents", None) == digest:
                 result[split] = {k: torch.tensor(v) for k, v in d.items()}
                 continue
         if bank is None:
@@ -83,7 +84,7 @@ def truths(tb, recs, out: Path):
             print(f"replayed the training stream ({bank.bank.shape[0]} images) in {time.perf_counter() - t0:.0f}s")
         t = bank.truth(tb.decode(rec.latents))
         d = {"corr": t.corr.tolist(), "ssim": t.ssim.tolist(), "where": t.where.tolist()}
-        path.write_text(json.dumps(d))
+        path.write_text(json.dumps({**d, "latents": digest}))
         result[split] = {k: torch.tensor(v) for k, v in d.items()}
     return result
 

@@ -39,7 +39,7 @@ from bench.checker import checker_for, load_checker  # noqa: E402
 from bench.copies import VERBATIM, stream_bank  # noqa: E402
 from bench.fidelity import matched_frechet  # noqa: E402
 from bench.testbeds.prompts import MEMORIZED_KINDS, split_set  # noqa: E402
-from bench.trajectories import record  # noqa: E402
+from bench.trajectories import latents_digest, record  # noqa: E402
 from core.guard import STRATEGIES, GuardConfig  # noqa: E402
 from core.sampling import guarded_sample, plain_sample  # noqa: E402
 from core.schedule import start_latent  # noqa: E402
@@ -172,15 +172,16 @@ def main() -> None:
     for strategy, (latents, extra) in runs.items():
         images = tb.decode(latents)
         truth_path = out / f"truth_{args.split}_mitigate_{strategy}.json"
+        cached = json.loads(truth_path.read_text()) if truth_path.is_file() else {}
         if strategy == "none":
             corr = tr[args.split]["corr"]
-        elif truth_path.is_file():
-            corr = torch.tensor(json.loads(truth_path.read_text()))
-        else:
+        elif isinstance(cached, dict) and cached.get("latents") == latents_digest(latents):
+            corr = torch.tensor(cached["corr"])
+        else:   # none yet, or measured on other samples (a new recording): measure these
             if bank is None:
                 bank = stream_bank(tb)
             corr = bank.truth(images).corr
-            truth_path.write_text(json.dumps(corr.tolist()))
+            truth_path.write_text(json.dumps({"latents": latents_digest(latents), "corr": corr.tolist()}))
         adherence = checker.adherence(images, [g.caption for g in gens])
         one = [i for i in hit if kinds[i] in ONE_OBJECT_KINDS]
         two = [i for i in hit if kinds[i] in TWO_OBJECT_KINDS]

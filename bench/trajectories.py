@@ -9,6 +9,7 @@ reuse), so a second run of a benchmark does not sample again.
 
 from __future__ import annotations
 
+import hashlib
 import json
 from dataclasses import asdict
 from pathlib import Path
@@ -72,3 +73,8 @@ def record(tb, gens: list[Gen], sigmas, settings, cfg: float, chunk: int = 64, c
         save_file({"latents": rec.latents.contiguous(), "values": rec.values.contiguous()}, str(cache),
                   metadata={"key": key, "extra": str(extra)})
     return rec
+
+
+def latents_digest(latents: torch.Tensor) -> str:
+    """What a cached copy truth was measured on: a truth is reused only for the same samples."""
+    return hashlib.sha256(latents.float().contiguous().numpy().tobytes()).hexdigest()
