@@ -100,15 +100,17 @@ class EvidenceNull:
     starts: tuple = (0,)     # the first step each path counts
 
     def standardize(self, r: torch.Tensor, step: int | None = None) -> torch.Tensor:
-        """S from the paths' R: r [S, ..., N] for all steps, or r [S, ...] at `step`; the larger
-        standardized path wins (a path not yet started does not count)."""
-        shape = (len(self.starts),) + (1,) * (r.ndim - 1)
+        """S from the paths' R: r [S, ..., N] for all steps, or r [S, ...] at `step`."""
         if step is None:
-            mean, spread = self.mean, self.spread
-            shape = shape[:-1] + (mean.shape[-1],)
-        else:
-            mean, spread = self.mean[:, step], self.spread[:, step]
-        return nan_max((r - mean.to(r.device).view(shape)) / spread.to(r.device).view(shape))
+            return _larger_path(r, self.mean, self.spread)
+        return _larger_path(r, self.mean[:, step], self.spread[:, step])
+
+
+def _larger_path(r: torch.Tensor, mean: torch.Tensor, spread: torch.Tensor) -> torch.Tensor:
+    """Each path's R [S, ...] in its ordinary units (mean, spread [S] or [S, N], broadcast over
+    the batch), and the larger of them (a path not yet started does not count)."""
+    shape = (mean.shape[0],) + (1,) * (r.ndim - mean.ndim) + tuple(mean.shape[1:])
+    return nan_max((r - mean.to(r.device).view(shape)) / spread.to(r.device).view(shape))
 
 
 def _paths(e: torch.Tensor, starts: tuple) -> torch.Tensor:
@@ -124,8 +126,7 @@ def null_from_trajectories(trajectories: torch.Tensor, window: int, weights: dic
     starts = evidence_starts(trajectories.shape[1], window, weights) if starts is None else tuple(starts)
     r = _paths(step_evidence(leave_one_out_z(trajectories), weights), starts)       # [S, R, N]
     mean, spread = r.mean(1), r.std(1).clamp(min=1e-6)
-    null = EvidenceNull(mean, spread, window, NullTail(0.0, 1.0, 0), dict(weights), starts)   # to standardize; tail below
-    tail = fit_tail(window_max(null.standardize(r), window))
+    tail = fit_tail(window_max(_larger_path(r, mean, spread), window))
     return EvidenceNull(mean, spread, window, tail, dict(weights), starts)
 
 
