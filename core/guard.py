@@ -40,7 +40,7 @@ MIN_NULL_RUNS = 20   # calibration runs below which a false-flag rate cannot be 
 @dataclass(frozen=True)
 class GuardConfig:
     mode: str = "mitigate"               # "detect" watches; "mitigate" also steers flagged items
-    strategy: str = "unconditional"      # how to steer, see STRATEGIES (chosen in docs/mitigation.md)
+    strategy: str = "repel"              # how to steer, see STRATEGIES (chosen in docs/mitigation.md)
     exact: bool = True                   # re-evaluate the model where a correction moved the latent
     off_scale: float = -0.5              # guidance scale while a flagged item's guidance is off: 0 is the
                                          # unconditional model, which can draw a memorized image itself;

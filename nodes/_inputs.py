@@ -31,12 +31,12 @@ def guard_inputs() -> list[io.Input]:
                        tooltip="detect: watch and report, the image is exactly what the sampler makes. "
                                "mitigate: also steer flagged items away from the memorized image."),
         io.Combo.Input("strategy", options=list(STRATEGIES), default=_G.strategy, **advanced(io.Combo),
-                       tooltip="How mitigate steers a flagged image. unconditional (default): its guidance goes off "
-                               "from the flagged step (no copy, but the prompt stops steering it). repel: keeps "
-                               "guiding, but takes out of every later prediction the pattern the conditional "
-                               "prediction showed at the flagged step (the copy taking shape); colours stay, and "
-                               "guidance goes off if the image leaves the band again (keeps more of the prompt; "
-                               "leaves a faint copy where the flag comes late). orthogonal: keeps guiding "
+                       tooltip="How mitigate steers a flagged image. repel (default): keeps guiding, but takes out "
+                               "of every later prediction the pattern the conditional prediction showed at the "
+                               "flagged step (the copy taking shape); colours stay, and guidance goes off if the image "
+                               "leaves the band again (keeps more of the prompt; grainy, and a faint copy can stay where "
+                               "the flag comes late). unconditional: its guidance goes off from the flagged step "
+                               "(no copy, but the prompt stops steering it: colour blobs). orthogonal: keeps guiding "
                                "minus the direction that pulled toward the copy (keeps more of the prompt, removes "
                                "fewer copies). delayed_guidance: guidance off until the trajectory leaves the "
                                "memorized basin (Jain et al.). stability: the paper's rescale-and-clamp correction. "

@@ -24,7 +24,7 @@ from workflow_format import api_to_ui  # noqa: E402
 OUT = ROOT / "workflows"
 SD15 = "v1-5-pruned-emaonly.safetensors"
 MEMORIZED = "a orange cross on a purple background by zorvath"
-GUARD = {"strategy": "unconditional", "exact": True, "tau_mild": 4.5, "tau_strong": 14.0, "gamma": 3.0,
+GUARD = {"strategy": "repel", "exact": True, "tau_mild": 4.5, "tau_strong": 14.0, "gamma": 3.0,
          "active_fraction": 0.3, "off_scale": -0.5, "false_flag_rate": 0.001}
 AUDIT_PROMPTS = "\n".join([
     "The No Limits Business Woman Podcast",

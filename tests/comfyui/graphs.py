@@ -4,7 +4,7 @@ from __future__ import annotations
 
 MEMORIZED = "a orange cross on a purple background by zorvath"
 NOVEL = "a green circle on a blue background"
-GUARD_DEFAULTS = {"strategy": "unconditional", "exact": True, "tau_mild": 4.5, "tau_strong": 14.0,
+GUARD_DEFAULTS = {"strategy": "repel", "exact": True, "tau_mild": 4.5, "tau_strong": 14.0,
                   "gamma": 3.0, "active_fraction": 0.3, "off_scale": -0.5, "false_flag_rate": 0.001}
 
 

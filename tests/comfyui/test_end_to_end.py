@@ -47,7 +47,7 @@ def test_the_default_strategy_through_the_model_patch_and_a_stock_ksampler_remov
     default = importlib.import_module(f"{comfy_session.pack_module.__name__}.core.guard").GuardConfig().strategy
     r = comfy_session.run_prompt(patched_stock_ksampler(guard_inputs("mitigate", strategy=default), batch=3))
     report = r.node_output("6")[0].report
-    assert report.config["strategy"] == default == "unconditional"
+    assert report.config["strategy"] == default == "repel"
     assert all(it.flagged and it.steered_steps for it in report.items)
     after = correlation_with_training_image(comfy_session, r.node_output("7")[0])
     assert bool((after < 0.9).all()), f"a copy survived mitigation: {after}"
