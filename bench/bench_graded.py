@@ -172,11 +172,19 @@ def scorers(region, config: DetectionConfig = DetectionConfig()) -> list[Scorer]
     ]
 
 
-def detection_table(rec, truth, z, partial: float, region) -> dict:
-    corr, kinds = truth["corr"], [g.kind for g in rec.gens]
+def copy_groups(rec, corr: torch.Tensor, partial: float) -> tuple[list[int], list[int], list[int]]:
+    """Indices of the verbatim copies, the partial-only copies, and the ordinary generations
+    (ordinary prompt kinds below the partial level) of a recording."""
+    kinds = [g.kind for g in rec.gens]
     verbatim = [i for i in range(len(kinds)) if corr[i] >= VERBATIM]
     part = [i for i in range(len(kinds)) if partial <= corr[i] < VERBATIM]
     ordinary = [i for i in range(len(kinds)) if kinds[i] in ORDINARY_KINDS and corr[i] < partial]
+    return verbatim, part, ordinary
+
+
+def detection_table(rec, truth, z, partial: float, region) -> dict:
+    corr, kinds = truth["corr"], [g.kind for g in rec.gens]
+    verbatim, part, ordinary = copy_groups(rec, corr, partial)
     print(f"\ndetection: {len(verbatim)} verbatim copies, {len(part)} partial copies (partial, not verbatim), "
           f"{len(ordinary)} ordinary generations (ordinary prompt kinds, below the partial threshold)")
     out = {}

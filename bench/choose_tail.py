@@ -29,9 +29,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repo root, for `core` and `bench`
 
-from bench.bench_graded import prepared, zscores  # noqa: E402
-from bench.copies import VERBATIM  # noqa: E402
-from bench.testbeds.prompts import ORDINARY_KINDS  # noqa: E402
+from bench.bench_graded import copy_groups, prepared, zscores  # noqa: E402
 from core import evidence  # noqa: E402
 from core.detect import DetectionConfig, roc_auc  # noqa: E402
 from core.null import NullTail, fit_tail, leave_one_out_z  # noqa: E402
@@ -73,10 +71,8 @@ def main() -> None:
     for m in args.models.split(","):
         weights = Path("bench/testbeds/weights") / f"{m}.safetensors"
         _, _, _, _, region, recs, tr, partial = prepared(weights, Path("bench_out") / m, args.split, args.threads)
-        rec, corr = recs[args.split], tr[args.split]["corr"]
-        kinds = [g.kind for g in rec.gens]
-        verbatim = [i for i in range(len(kinds)) if corr[i] >= VERBATIM]
-        ordinary = [i for i in range(len(kinds)) if kinds[i] in ORDINARY_KINDS and corr[i] < partial]
+        rec = recs[args.split]
+        verbatim, _, ordinary = copy_groups(rec, tr[args.split]["corr"], partial)
         z, window = zscores(rec, region), DetectionConfig().active_window(region.steps)
         print(f"{m} {args.split}: {len(verbatim)} verbatim copies, {len(ordinary)} ordinary generations", flush=True)
         for fit in FITS:

@@ -26,9 +26,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repo root, for `core` and `bench`
 
-from bench.bench_graded import prepared, zscores  # noqa: E402
-from bench.copies import VERBATIM  # noqa: E402
-from bench.testbeds.prompts import ORDINARY_KINDS  # noqa: E402
+from bench.bench_graded import copy_groups, prepared, zscores  # noqa: E402
 from core import evidence  # noqa: E402
 from core.detect import roc_auc, tpr_at_fpr  # noqa: E402
 
@@ -54,11 +52,8 @@ def main() -> None:
     for m in args.models.split(","):
         weights = Path("bench/testbeds/weights") / f"{m}.safetensors"
         _, _, _, _, region, recs, tr, partial = prepared(weights, Path("bench_out") / m, args.split, args.threads)
-        rec, corr = recs[args.split], tr[args.split]["corr"]
-        kinds = [g.kind for g in rec.gens]
-        verbatim = [i for i in range(len(kinds)) if corr[i] >= VERBATIM]
-        part = [i for i in range(len(kinds)) if partial <= corr[i] < VERBATIM]
-        ordinary = [i for i in range(len(kinds)) if kinds[i] in ORDINARY_KINDS and corr[i] < partial]
+        rec = recs[args.split]
+        verbatim, part, ordinary = copy_groups(rec, tr[args.split]["corr"], partial)
         data[m] = (region, zscores(rec, region), verbatim, part, ordinary)
     best = None
     grid = CANDIDATES if args.weights is None else [tuple(float(w) for w in t.split(",")) for t in args.weights.split(";")]

@@ -25,7 +25,7 @@ from pathlib import Path
 import pytest
 import torch
 from graphs import guard_inputs
-from test_sampling_paths import ksampler
+from test_sampling_paths import ksampler, patched_stock_ksampler
 
 REPO = Path(__file__).resolve().parents[2]
 MODEL = REPO / "bench" / "testbeds" / "weights" / "graded_p.safetensors"
@@ -114,25 +114,18 @@ def guarded_ksampler(caption: str, mode: str, **guard) -> dict:
     return g
 
 
-def patched_stock_ksampler(caption: str, mode: str) -> dict:
-    g = start(caption)
-    g["10"] = {"class_type": "MemGuardModelPatch",
-               "inputs": {"model": ["1", 0], "calibration": ["12", 0], **guard_inputs(mode)}}
-    g["5"] = ksampler(["10", 0], seed=SEED)
-    g["7"] = {"class_type": "MemGuardReport", "inputs": {"samples": ["5", 0]}}
-    g["6"] = {"class_type": "MemGuardTestbedDecode", "inputs": {"samples": ["5", 0], "upscale": 1}}
-    g["8"] = {"class_type": "PreviewImage", "inputs": {"images": ["6", 0]}}
-    g["r"] = {"class_type": "PreviewAny", "inputs": {"source": ["7", 0]}}
-    return g
+def model_patch(caption: str, mode: str) -> dict:
+    return patched_stock_ksampler(guard_inputs(mode), batch=BATCH, seed=SEED, start=start(caption),
+                                  calibration=("12", 0))
 
 
-def read(comfy_session, result, item, report_node, report_index):
-    """(flags, luminance correlation with the training image, adherence) per image."""
+def read(comfy_session, result, item, images_node, report_node, report_index):
+    """(flags, luminance correlation with the training image, adherence, report) per image."""
     from bench.checker import checker_for, load_checker
     from bench.testbeds.graded import fixed_image
 
     sim = importlib.import_module(f"{comfy_session.pack_module.__name__}.core.testbed.similarity")
-    pixels = result.node_output("6")[0].movedim(-1, 1) * 2 - 1        # IMAGE [B,H,W,3] in [0,1] -> [-1,1]
+    pixels = result.node_output(images_node)[0].movedim(-1, 1) * 2 - 1        # IMAGE [B,H,W,3] in [0,1] -> [-1,1]
     corr = sim.luminance_correlation(pixels, fixed_image(item).expand_as(pixels))
     adherence = load_checker(checker_for(MODEL)).adherence(pixels, [item["caption"]] * len(pixels))
     report = result.node_output(report_node)[report_index].report
@@ -142,8 +135,9 @@ def read(comfy_session, result, item, report_node, report_index):
 @pytest.mark.parametrize("path", ["guarded_ksampler", "model_patch"])
 def test_the_default_strategy_removes_the_copy_and_keeps_the_background(comfy_session, graded, path):
     default = importlib.import_module(f"{comfy_session.pack_module.__name__}.core.guard").GuardConfig().strategy
-    build = guarded_ksampler if path == "guarded_ksampler" else patched_stock_ksampler
-    where = (("5", 1) if path == "guarded_ksampler" else ("7", 0))
+    build = guarded_ksampler if path == "guarded_ksampler" else model_patch
+    images = "6" if path == "guarded_ksampler" else "7"
+    where = (images, "5", 1) if path == "guarded_ksampler" else (images, "6", 0)
     detect = comfy_session.run_prompt(build(graded["caption"], "detect"))
     flags, corr, _, _ = read(comfy_session, detect, graded, *where)
     assert flags.sum() >= 2, f"this seed was picked for two flagged images: {flags.tolist()}"
@@ -156,5 +150,5 @@ def test_the_default_strategy_removes_the_copy_and_keeps_the_background(comfy_se
     assert bool((corr_after[flags] < 0.6).all()), f"a flagged copy survived mitigation: {corr_after.tolist()}"
     assert bool((adherence[flags] >= 1 / 3).all()), \
         f"the checker lost the caption's background in a mitigated image: {adherence.tolist()}"
-    same = mitigated.node_output("6")[0][~flags] == detect.node_output("6")[0][~flags]
+    same = mitigated.node_output(images)[0][~flags] == detect.node_output(images)[0][~flags]
     assert bool(same.all()), "images that were not flagged changed"

@@ -29,11 +29,13 @@ def ksampler(model, seed=3, steps=50, sampler="euler", scheduler="normal", cfg=7
         "positive": ["2", 0], "negative": ["3", 0], "latent_image": ["4", 0], "denoise": 1.0, **extra}}
 
 
-def patched_stock_ksampler(guard: dict, batch=2, seed=21) -> dict:
+def patched_stock_ksampler(guard: dict, batch=2, seed=21, start: dict | None = None, calibration=("1", 2)) -> dict:
     """The model patch (with `guard`'s inputs) on a stock KSampler, its report and decoded images
-    as outputs: "5" the KSampler, "6" the report, "7" the images."""
-    g = graph_start(batch=batch)
-    g["10"] = {"class_type": "MemGuardModelPatch", "inputs": {"model": ["1", 0], "calibration": ["1", 2], **guard}}
+    as outputs: "5" the KSampler, "6" the report, "7" the images. `start`: nodes "1"-"4" (model,
+    prompts, latent) other than the demo testbed's, with the calibration at `calibration`."""
+    g = graph_start(batch=batch) if start is None else dict(start)
+    g["10"] = {"class_type": "MemGuardModelPatch",
+               "inputs": {"model": ["1", 0], "calibration": list(calibration), **guard}}
     g["5"] = ksampler(["10", 0], seed=seed)
     g["6"] = {"class_type": "MemGuardReport", "inputs": {"samples": ["5", 0]}}
     g["7"] = {"class_type": "MemGuardTestbedDecode", "inputs": {"samples": ["5", 0], "upscale": 1}}
