@@ -8,7 +8,9 @@ AUC (verbatim copies against ordinary generations, copy truth from bench_graded'
 per step and aggregated over the first K steps, each standardised per step on the calibration
 runs. The candidates: the guidance gap and its spatial pattern, the clean norm, how much the
 prediction moves from step to step, and the agreement cos(D_c, D_u) between the conditional and
-unconditional predictions (each channel's spatial mean removed). This is how the agreement was
+unconditional predictions (each channel's spatial mean removed); and whether the conditional
+prediction or the guidance settles on one image early (its cosine with itself one or three steps
+back). This is how the agreement was
 found (docs/testbed.md); run bench/bench_graded.py first for the copy truth. Prints measurements;
 not a test.
 """
@@ -82,6 +84,10 @@ def signals(p: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         "step change of D": torch.cat([first, _norm(d[:, 1:] - d[:, :-1]) / _norm(d[:, 1:])], 1),
         "cos(D, previous D)": torch.cat([first, _cos(_centred(d[:, 1:]), _centred(d[:, :-1]))], 1),
         "agreement cos(Dc, Du)": _cos(_centred(c), _centred(u)),
+        # does a copy's conditional prediction settle early on one image? (it does not separate better)
+        "cos(Dc, previous Dc)": torch.cat([first, _cos(_centred(c[:, 1:]), _centred(c[:, :-1]))], 1),
+        "cos(Dc, Dc 3 steps back)": torch.cat([first.expand(-1, 3), _cos(_centred(c[:, 3:]), _centred(c[:, :-3]))], 1),
+        "cos(g, previous g)": torch.cat([first, _cos(_centred(g[:, 1:]), _centred(g[:, :-1]))], 1),
     }
 
 
