@@ -12,7 +12,9 @@ and prints per strategy:
   ordinary generations of the same kind of caption (one object: token and template captions; two
   objects: scene captions), as a ratio;
 - the Frechet distance of the flagged, mitigated images to ordinary generations, beside its noise
-  floor (bench/fidelity.py);
+  floor (bench/fidelity.py), and their grain: the share of their energy at periods under 8 pixels
+  beside ordinary generations' (the distance does not see grain), and how much of that detail
+  they share with the detect-mode image (the copy) they replaced;
 - the share of generations of non-memorized prompts that come out bit-identical to detect mode;
 - the cost: extra model evaluations per flagged image (and, with --timing, wall time on a quiet
   machine: non-memorized generations over plain sampling, flagged ones over detect mode).
@@ -37,7 +39,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repo root, f
 from bench.bench_graded import CFG, prepared, scorers, zscores  # noqa: E402
 from bench.checker import checker_for, load_checker  # noqa: E402
 from bench.copies import VERBATIM, stream_bank  # noqa: E402
-from bench.fidelity import matched_frechet  # noqa: E402
+from bench.fidelity import fine_detail, matched_frechet, shared_fine_detail  # noqa: E402
 from bench.testbeds.prompts import MEMORIZED_KINDS, split_set  # noqa: E402
 from bench.trajectories import latents_digest, record  # noqa: E402
 from core.guard import STRATEGIES, GuardConfig  # noqa: E402
@@ -160,6 +162,10 @@ def main() -> None:
     ref_feat = checker.features(ordinary_images)
     novel = [i for i, k in enumerate(kinds) if k in ("novel_one", "novel_two")]
     novel_feat = checker.features(detect_images[novel])
+    ordinary_detail = float(fine_detail(detect_images[novel]).mean())
+    # for scale: each flagged detect image against the next flagged one of another caption
+    other = [next((j for j in hit[k + 1:] + hit[:k] if gens[j].caption != gens[i].caption), i) for k, i in enumerate(hit)]
+    unrelated_detail = float(shared_fine_detail(detect_images[hit], detect_images[other]).mean()) if hit else float("nan")
     base_adherence = checker.adherence(detect_images, [g.caption for g in gens])
     ordinary_one = float(base_adherence[[i for i, k in enumerate(kinds) if k == "novel_one"]].nanmean())
     ordinary_two = float(base_adherence[[i for i, k in enumerate(kinds) if k == "novel_two"]].nanmean())
@@ -198,6 +204,10 @@ def main() -> None:
             "adherence_one": float(adherence[one].nanmean()) if one else float("nan"),
             "adherence_two": float(adherence[two].nanmean()) if two else float("nan"),
             "fd": fd, "fd_floor": floor, "fd_n": n_fd, "others_identical": identical,
+            "fine_detail": float(fine_detail(images[hit]).mean()) if hit else float("nan"),
+            "fine_detail_ordinary": ordinary_detail,
+            "fine_detail_shared": float(shared_fine_detail(images[hit], detect_images[hit]).mean()) if hit else float("nan"),
+            "fine_detail_shared_unrelated": unrelated_detail,
             "extra_calls_per_flagged": extra / max(1, int(flagged.sum())),
         }
         rows[strategy] = row
@@ -209,6 +219,9 @@ def main() -> None:
         print(f"    adherence of flagged images {got:.3f} (one object {row['adherence_one']:.3f}, two {row['adherence_two']:.3f}) "
               f"vs ordinary {expected:.3f}: ratio {row['adherence_ratio']:.3f}")
         print(f"    quality: Frechet distance {fd:.2f} vs noise floor {floor:.2f} (n = {n_fd}): ratio {fd / floor:.2f}")
+        print(f"    grain: share of energy at periods under 8 px {row['fine_detail']:.3f} vs ordinary generations "
+              f"{ordinary_detail:.3f}; fine detail shared with the detect-mode image {row['fine_detail_shared']:.2f} "
+              f"(flagged images of two captions: {unrelated_detail:.2f})")
         print(f"    non-memorized generations bit-identical to detect mode: {identical * 100:.1f} %")
         if strategy != "none":
             print(f"    cost: {row['extra_calls_per_flagged']:.1f} extra model evaluations per flagged image "

@@ -1,5 +1,5 @@
 """The mitigation benchmark's yardsticks (bench/checker.py, bench/fidelity.py): the Frechet distance
-is one, the committed checker reads the generator's renders and tells a caption from a wrong one,
+is one, the fine-detail share tells grain from a smooth image, the committed checker reads the generator's renders and tells a caption from a wrong one,
 and graded_m's own checker (bench/train_model_checker.py) does the same on that model's
 generations of captions it was not trained on; its training script runs end to end.
 
@@ -16,7 +16,7 @@ ROOT = Path(__file__).resolve().parents[1]
 CHECKS = r'''
 import torch
 from bench.checker import load_checker, labelled_batch, parse, COLOR_NAMES
-from bench.fidelity import frechet, matched_frechet
+from bench.fidelity import fine_detail, frechet, matched_frechet, shared_fine_detail
 from core.testbed.dataset import SHAPES
 
 # Frechet distance: zero for a set against itself, the squared mean shift between equal covariances
@@ -27,6 +27,17 @@ assert abs(frechet(a, a + torch.tensor([3.0, 0, 0, 0, 0])) - 9.0) < 1e-6
 b = torch.randn(400, 5, generator=g)
 d_img, d_floor, n = matched_frechet(b[:50], a, b[50:], draws=5)
 assert n == 50 and d_img > 0 and d_floor > 0 and abs(d_img - d_floor) < 0.5 * d_floor   # same distribution
+
+# fine detail: a smooth blob has almost none, a checkerboard (grain at the pixel period) almost all
+r2 = (torch.arange(32.0).view(-1, 1) - 15.5) ** 2 + (torch.arange(32.0).view(1, -1) - 15.5) ** 2
+blob = torch.exp(-r2 / 50).expand(2, 3, 32, 32)
+checks = ((torch.arange(32).view(-1, 1) + torch.arange(32).view(1, -1)) % 2 * 2.0 - 1).expand(2, 3, 32, 32)
+assert float(fine_detail(blob).max()) < 0.01 and float(fine_detail(checks).min()) > 0.99
+# shared fine detail: an image's own grain under a new layout is shared, independent grain is not
+grain = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(1))
+other = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(2))
+assert float(shared_fine_detail(grain + 3 * blob, grain).min()) > 0.99
+assert float(shared_fine_detail(grain, other).abs().max()) < 0.1
 
 # captions of both families parse; others do not
 assert parse("a red ring on a teal background by zorvath") == ([("red", "ring")], "teal")
