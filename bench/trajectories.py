@@ -43,11 +43,19 @@ class Recording:
         return self.values.permute(1, 2, 0)
 
 
+def _config_key(config: GuardConfig) -> str:
+    """What of the guard's settings the samples depend on: in detect mode not the strategy (it only
+    acts in mitigate mode), so a change of the default strategy does not re-sample detect recordings."""
+    if config.mode == "detect":
+        return "detect " + repr({k: v for k, v in asdict(config).items() if k != "strategy"})
+    return repr(config)
+
+
 def record(tb, gens: list[Gen], sigmas, settings, cfg: float, chunk: int = 64, cache: Path | None = None,
            config: GuardConfig = GuardConfig(mode="detect"), region=None, progress=print) -> Recording:
     """Sample `gens` with the guard watching (detect mode, no region: it only measures)."""
     key = {"gens": [asdict(g) for g in gens], "settings": settings.to_dict(), "quantities": list(QUANTITIES),
-           "config": repr(config), "region": None if region is None else region.meta.get("id")}
+           "config": _config_key(config), "region": None if region is None else region.meta.get("id")}
     if region is not None:   # a guard that acts on its verdict: a new verdict makes new samples
         key["verdict"] = repr((evidence.EVIDENCE_WEIGHTS, evidence.EVIDENCE_START_FRACTIONS))
     key = json.dumps(key)
