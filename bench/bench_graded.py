@@ -124,6 +124,15 @@ def prepared(weights: Path, out: Path, split: str, threads: int):
     return tb, sigmas, settings, calib, region, recs, tr, partial
 
 
+def model_parser(doc: str) -> argparse.ArgumentParser:
+    """The command line of the scripts that compare verdicts on several graded models' recordings."""
+    ap = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--models", default="graded_a,graded_m,graded_p,graded_pb")
+    ap.add_argument("--split", default="validation", help="validation (a choice) or test (a report, never a choice)")
+    ap.add_argument("--threads", type=int, default=1)
+    return ap
+
+
 def zscores(rec, region) -> torch.Tensor:
     """[B, N, Q] signed z of recorded trajectories against the region (as the guard computes them)."""
     return (rec.values - region.mean.T.unsqueeze(0)) / region.std.T.unsqueeze(0)

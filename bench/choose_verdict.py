@@ -19,14 +19,13 @@ Prints measurements; not a test.
 
 from __future__ import annotations
 
-import argparse
 import itertools
 import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repo root, for `core` and `bench`
 
-from bench.bench_graded import copy_groups, prepared, zscores  # noqa: E402
+from bench.bench_graded import copy_groups, model_parser, prepared, zscores  # noqa: E402
 from core import evidence  # noqa: E402
 from core.detect import roc_auc, tpr_at_fpr  # noqa: E402
 
@@ -40,13 +39,10 @@ RATE = 0.001
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--models", default="graded_a,graded_m,graded_p,graded_pb")
-    ap.add_argument("--threads", type=int, default=1)
+    ap = model_parser(__doc__)
     ap.add_argument("--starts", default=",".join(STARTS),
                     help="comma-separated shares of the steps where the paths start; + joins the starts of one candidate")
     ap.add_argument("--weights", default=None, help='update,gap,agreement triples joined by ";" (default: the grid)')
-    ap.add_argument("--split", default="validation", help="validation (the choice) or test (a report, never a choice)")
     args = ap.parse_args()
     data = {}
     for m in args.models.split(","):

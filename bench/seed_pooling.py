@@ -16,7 +16,6 @@ not a test.
 
 from __future__ import annotations
 
-import argparse
 import sys
 from collections import defaultdict
 from pathlib import Path
@@ -25,7 +24,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repo root, for `core` and `bench`
 
-from bench.bench_graded import copy_groups, prepared, zscores  # noqa: E402
+from bench.bench_graded import copy_groups, model_parser, prepared, zscores  # noqa: E402
 from core import evidence  # noqa: E402
 from core.detect import DetectionConfig  # noqa: E402
 from core.null import leave_one_out_z  # noqa: E402
@@ -47,11 +46,7 @@ def flags(s: torch.Tensor, window: int, threshold: float) -> torch.Tensor:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--models", default="graded_a,graded_m,graded_p,graded_pb")
-    ap.add_argument("--split", default="validation", help="validation (a choice) or test (a report, never a choice)")
-    ap.add_argument("--threads", type=int, default=1)
-    args = ap.parse_args()
+    args = model_parser(__doc__).parse_args()
     config = DetectionConfig()
     for m in args.models.split(","):
         weights = Path("bench/testbeds/weights") / f"{m}.safetensors"
