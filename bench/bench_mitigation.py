@@ -14,7 +14,8 @@ and prints per strategy:
 - the Frechet distance of the flagged, mitigated images to ordinary generations, beside its noise
   floor (bench/fidelity.py), and their grain: the share of their energy at periods under 8 pixels
   beside ordinary generations' (the distance does not see grain), and how much of that detail
-  they share with the detect-mode image (the copy) they replaced;
+  they share with the detect-mode image (the copy) they replaced; and their share at periods under
+  2.7 pixels (a grid: the finest patterns a 32 px image holds) beside ordinary generations';
 - the share of generations of non-memorized prompts that come out bit-identical to detect mode;
 - the cost: extra model evaluations per flagged image (and, with --timing, wall time on a quiet
   machine: non-memorized generations over plain sampling, flagged ones over detect mode).
@@ -47,6 +48,7 @@ from core.sampling import guarded_sample, plain_sample  # noqa: E402
 from core.schedule import start_latent  # noqa: E402
 
 ONE_OBJECT_KINDS, TWO_OBJECT_KINDS = ("token", "template"), ("scene",)
+GRID_PERIOD = 2.7   # px: the finest periods a 32 px image holds (its Nyquist period is 2)
 
 
 def timing(tb, gens, sigmas, settings, region, strategy: str, ordinary: list[int], flagged: list[int],
@@ -163,6 +165,7 @@ def main() -> None:
     novel = [i for i, k in enumerate(kinds) if k in ("novel_one", "novel_two")]
     novel_feat = checker.features(detect_images[novel])
     ordinary_detail = float(fine_detail(detect_images[novel]).mean())
+    ordinary_grid = float(fine_detail(detect_images[novel], GRID_PERIOD).mean())
     # for scale: each flagged detect image against the next flagged one of another caption
     other = [next((j for j in hit[k + 1:] + hit[:k] if gens[j].caption != gens[i].caption), i) for k, i in enumerate(hit)]
     unrelated_detail = float(shared_fine_detail(detect_images[hit], detect_images[other]).mean()) if hit else float("nan")
@@ -206,6 +209,8 @@ def main() -> None:
             "fd": fd, "fd_floor": floor, "fd_n": n_fd, "others_identical": identical,
             "fine_detail": float(fine_detail(images[hit]).mean()) if hit else float("nan"),
             "fine_detail_ordinary": ordinary_detail,
+            "grid": float(fine_detail(images[hit], GRID_PERIOD).mean()) if hit else float("nan"),
+            "grid_ordinary": ordinary_grid,
             "fine_detail_shared": float(shared_fine_detail(images[hit], detect_images[hit]).mean()) if hit else float("nan"),
             "fine_detail_shared_unrelated": unrelated_detail,
             "extra_calls_per_flagged": extra / max(1, int(flagged.sum())),
@@ -222,6 +227,8 @@ def main() -> None:
         print(f"    grain: share of energy at periods under 8 px {row['fine_detail']:.3f} vs ordinary generations "
               f"{ordinary_detail:.3f}; fine detail shared with the detect-mode image {row['fine_detail_shared']:.2f} "
               f"(flagged images of two captions: {unrelated_detail:.2f})")
+        print(f"    grid: share of energy at periods under {GRID_PERIOD} px {row['grid']:.3f} vs ordinary generations "
+              f"{ordinary_grid:.3f}")
         print(f"    non-memorized generations bit-identical to detect mode: {identical * 100:.1f} %")
         if strategy != "none":
             print(f"    cost: {row['extra_calls_per_flagged']:.1f} extra model evaluations per flagged image "

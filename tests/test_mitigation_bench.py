@@ -33,6 +33,10 @@ r2 = (torch.arange(32.0).view(-1, 1) - 15.5) ** 2 + (torch.arange(32.0).view(1, 
 blob = torch.exp(-r2 / 50).expand(2, 3, 32, 32)
 checks = ((torch.arange(32).view(-1, 1) + torch.arange(32).view(1, -1)) % 2 * 2.0 - 1).expand(2, 3, 32, 32)
 assert float(fine_detail(blob).max()) < 0.01 and float(fine_detail(checks).min()) > 0.99
+# at the grid period (2.7 px, bench_mitigation's GRID_PERIOD) the checkerboard counts, stripes 4 px apart do not
+stripes = torch.cos(torch.arange(32.0) * torch.pi / 2).view(1, -1).expand(2, 3, 32, 32)
+assert float(fine_detail(checks, 2.7).min()) > 0.99 and float(fine_detail(stripes, 2.7).max()) < 0.01
+assert float(fine_detail(stripes).min()) > 0.99                     # but they are grain at 8 px
 # shared fine detail: an image's own grain under a new layout is shared, independent grain is not
 grain = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(1))
 other = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(2))
