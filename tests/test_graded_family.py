@@ -1,4 +1,5 @@
-"""The graded testbed family's data (bench/testbeds): replayable, graded, split cleanly.
+"""The graded testbed family's data (bench/testbeds): replayable, graded, split cleanly; and the rate
+sweep (bench/rate_sweep.py) counts flags as the guard does.
 
 bench/ imports `core` from the repository root, which must stay off this process's sys.path (the
 pack's nodes/ would shadow ComfyUI's nodes.py), so the checks run in a child interpreter.
@@ -79,6 +80,10 @@ assert all(sm.batch(k)[2][i] not in ("general", "fresh") for k, i in bank.index)
 assert len(bank.index) < 0.5 * 8 * 64
 k, i = bank.index[0]
 assert float(bank.truth(sm.batch(k)[0][i:i + 1]).corr[0]) > 0.999
+# the rate sweep counts what the guard flags: a score strictly above the threshold (core/guard.py)
+from bench.rate_sweep import flagged_counts
+score = torch.tensor([1.0, 6.0, 7.0, 9.0])
+assert flagged_counts(score, {"a": [0, 1], "b": [2, 3], "c": []}, 6.0) == {"a": (0, 2), "b": (2, 2), "c": (0, 0)}
 print("ok")
 '''
 
