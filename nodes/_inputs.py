@@ -62,9 +62,11 @@ def guard_inputs() -> list[io.Input]:
                                "itself; below 0 also pushes away from where the prompt pulls."),
         io.Float.Input("false_flag_rate", default=_D.false_flag_rate, min=0.00001, max=0.2, step=0.0001,
                        round=0.00001, **advanced(io.Float),
-                       tooltip="The share of ordinary images the verdict may flag: 0.001 flags about 1 in 1,000 "
-                               "trajectories like the calibration's. Lower catches fewer copies. Needs a calibration "
-                               "made by this version (older ones fall back to tau_mild)."),
+                       tooltip="The share of ordinary images the verdict may flag, by a fit to the calibration runs "
+                               "(0.001: 1 in 1,000 nominally; on the project's testbeds about 1 % of ordinary images "
+                               "were flagged). Higher catches more copies and flags more ordinary images (testbeds, "
+                               "0.01: 82-95 % of copies, 2-4 % of ordinary images; README, 'What the rate buys'). "
+                               "Needs a calibration made by this version (older ones fall back to tau_mild)."),
     ]
 
 
