@@ -141,8 +141,9 @@ def zscores(rec, region) -> torch.Tensor:
 class Scorer:
     """A detector as the benchmark sees it: per-item scores and the online verdict."""
 
-    def __init__(self, name, score, flag, first_score):
+    def __init__(self, name, score, flag, first_score, tail=None):
         self.name, self.score, self.flag, self.first_score = name, score, flag, first_score
+        self.tail = tail    # the calibration's NullTail where the threshold comes from a false-flag rate
 
 
 def scorers(region, config: DetectionConfig = DetectionConfig()) -> list[Scorer]:
@@ -171,7 +172,7 @@ def scorers(region, config: DetectionConfig = DetectionConfig()) -> list[Scorer]
 
     return [
         Scorer(f"this pack: evidence, flag at rate {config.false_flag_rate:g} (threshold {thr:.2f})",
-               lambda z: ev(z, window), lambda z: ev(z, window) > thr, lambda z: ev(z, first)),
+               lambda z: ev(z, window), lambda z: ev(z, window) > thr, lambda z: ev(z, first), null.tail),
         Scorer(f"update-and-gap verdict (format-2 regions): first {window02} steps, rate {config.false_flag_rate:g}",
                lambda z: ev02(z, window02), lambda z: ev02(z, window02) > thr02, lambda z: ev02(z, first)),
         Scorer(f"v0.1 band rule: min(|z_u|,|z_c|) > {config.tau_mild} in the first {window} steps",

@@ -36,6 +36,7 @@ def above(score, positive: list[int], negative: list[int], allowed: int) -> floa
     top = score[negative].sort(descending=True).values
     return float((score[positive] > top[allowed]).float().mean()) if len(negative) > allowed else float("nan")
 
+
 def main() -> None:
     ap = model_parser(__doc__)
     ap.add_argument("--without", default="unseen_title", help="the ordinary prompt kind the diagnostic leaves out")
@@ -49,7 +50,8 @@ def main() -> None:
                                                                          args.split, args.threads)
         rec, corr = recs[args.split], tr[args.split]["corr"]
         scorer = scorers(region)[0]
-        score, flag = scorer.score(zscores(rec, region)), scorer.flag(zscores(rec, region))
+        z = zscores(rec, region)
+        score, flag = scorer.score(z), scorer.flag(z)
         verbatim, _, ordinary = copy_groups(rec, corr, partial)
         kept = [i for i in ordinary if rec.gens[i].kind != args.without]
         print(f"\n{model} {args.split}: {scorer.name}; {len(verbatim)} verbatim copies, {len(ordinary)} ordinary "
@@ -76,7 +78,6 @@ def main() -> None:
     if args.picture and shown:
         strip(torch.cat(shown), [torch.cat(shown), torch.cat(nearest)], args.picture)
         print(f"\nwrote {args.picture}: the flagged ordinary generations over their nearest training images")
-
 
 
 if __name__ == "__main__":

@@ -18,8 +18,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repo root, for `core` and `bench`
 
-from bench.bench_graded import copy_groups, model_parser, prepared, zscores  # noqa: E402
-from core import evidence  # noqa: E402
+from bench.bench_graded import copy_groups, model_parser, prepared, scorers, zscores  # noqa: E402
 from core.detect import DetectionConfig  # noqa: E402
 
 RATES = (0.0001, 0.0003, 0.001, 0.003, 0.01, 0.03)
@@ -31,6 +30,7 @@ def flagged_counts(score, groups: dict[str, list[int]], threshold: float) -> dic
 
 
 def share(flagged: int, total: int) -> str:
+    """'flagged/total (percent)', or a dash for an empty group."""
     return f"{flagged:3d}/{total:<3d} ({100 * flagged / total:5.1f} %)" if total else "   -           "
 
 
@@ -45,11 +45,8 @@ def main() -> None:
         weights = Path("bench/testbeds/weights") / f"{model}.safetensors"
         _, _, _, _, region, recs, tr, partial = prepared(weights, Path("bench_out") / model, args.split, args.threads)
         rec, corr = recs[args.split], tr[args.split]["corr"]
-        config = DetectionConfig()
-        window = config.active_window(region.steps)
-        null = evidence.null_from_trajectories(region.trajectories, window)
-        # the verdict's score, as bench_graded's first scorer and the guard compute it
-        score = evidence.window_max(evidence.path(zscores(rec, region), null), window)
+        verdict = scorers(region)[0]        # the pack's verdict; its score does not depend on the rate
+        score = verdict.score(zscores(rec, region))
         verbatim, part, ordinary = copy_groups(rec, corr, partial)
         groups = {"verbatim": verbatim, "partial": part, "ordinary": ordinary}
         print(f"\n{model} {args.split}: {len(verbatim)} verbatim copies, {len(part)} partial-only, "
@@ -57,7 +54,7 @@ def main() -> None:
         print(f"  {'rate':>7}  {'threshold':>9}  {'verbatim flagged':<18} "
               f"{'partial flagged':<18} {'ordinary flagged':<18}")
         for r in rates:
-            thr = null.tail.threshold(r)
+            thr = verdict.tail.threshold(r)
             counts = flagged_counts(score, groups, thr)
             for name, (f, n) in counts.items():
                 pf, pn = pooled[r].get(name, (0, 0))
