@@ -84,6 +84,16 @@ assert float(bank.truth(sm.batch(k)[0][i:i + 1]).corr[0]) > 0.999
 from bench.rate_sweep import flagged_counts
 score = torch.tensor([1.0, 6.0, 7.0, 9.0])
 assert flagged_counts(score, {"a": [0, 1], "b": [2, 3], "c": []}, 6.0) == {"a": (0, 2), "b": (2, 2), "c": (0, 0)}
+# the seeds' agreement: -log(1 - cos) stretches cosines near 1 and stays finite at 1; a generation is
+# flagged when its z passes the calibration's tail inside the window, and not after it
+from bench.seed_agreement import closeness, online
+c = closeness(torch.tensor([0.0, 0.9, 0.99, 1.0]))
+assert bool((c[1:] > c[:-1]).all()) and abs(float(c[1]) - 2.302585) < 1e-4 and bool(torch.isfinite(c).all())
+cal = torch.randn(60, 12, generator=torch.Generator().manual_seed(0))
+ev = torch.zeros(3, 12)
+ev[1, 4] = ev[2, 11] = 50.0
+flags, thr = online(cal, ev, 10, 0.001)
+assert flags.tolist() == [False, True, False] and 2 < thr < 10, (flags, thr)
 print("ok")
 '''
 
