@@ -14,9 +14,10 @@ Printed per model and split:
   the first K steps, verbatim copies against ordinary generations;
 - for the form chosen on the validation splits of graded_a/m/p/pb (the guidance, max over the
   other seeds, as -log(1 - cos), the first WINDOW steps), in batches of --group down to 2 seeds:
-  what it flags on its own at the pack's false-flag rate (threshold from a Gumbel fit to the
-  calibration's scores, as core/null.py fits the verdict's), and with the pack's verdict beside it
-  (flagged when either flags), against the verdict alone; pooled over the models given.
+  what it flags on its own at CLOSENESS_RATE (threshold from a Gumbel fit to the calibration's
+  scores, as core/null.py fits the verdict's), and with the pack's verdict beside it (flagged when
+  either flags), against the verdict alone; pooled over the models given, with the operating
+  curves of the pair and of the verdict alone over the rates SWEEP.
 A diagnostic of a signal the guard does not compute (it needs a batch's seeds side by side);
 prints measurements, not a test.
 """
@@ -34,6 +35,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repo root, f
 from safetensors.torch import load_file, save_file  # noqa: E402
 
 from bench.bench_graded import copy_groups, model_parser, prepared, scorers, zscores  # noqa: E402
+from bench.testbeds.prompts import MEMORIZED_KINDS  # noqa: E402
 from core.detect import DetectionConfig, roc_auc, tpr_at_fpr  # noqa: E402
 from core.null import fit_tail, leave_one_out_z  # noqa: E402
 from core.sampling import step  # noqa: E402
@@ -41,6 +43,7 @@ from core.schedule import start_latent  # noqa: E402
 
 EXTRA_SEED = 1_000_003   # the k-th extra seed of a generation: its seed + k * EXTRA_SEED
 CFG = 7.5
+CLOSENESS_RATE = 0.002   # its own false-flag rate, by a rule fixed on the validation splits (docs/testbed.md)
 SWEEP = (0.001, 0.002, 0.005, 0.01, 0.02, 0.05)   # the closeness's own false-flag rate, in the pooled summary
 WINDOW = 10   # steps (the first 20 % of 50): chosen on the validation splits of graded_a/m/p/pb
 
@@ -134,6 +137,8 @@ def main() -> None:
         ev = cached_agreement(out / f"seed_agreement_{args.split}_{args.group}.safetensors",
                               [rec.gens[i] for i in rows], tb, sigmas, args.steps, args.group)
         cp, pa, od = ([at[i] for i in idx if i in at] for idx in (verbatim, part, ordinary))
+        # generations of memorized captions that did not copy: what a prompt-level signal flags besides the copies
+        nc = [i for i, g in enumerate(rec.gens) if g.kind in MEMORIZED_KINDS and tr[args.split]["corr"][i] < partial]
         pack = scorers(region)[0]
         verdict = pack.score(zscores(rec, region))[rows]
         flagged = pack.flag(zscores(rec, region))[rows]
@@ -159,7 +164,7 @@ def main() -> None:
         for others in range(args.group - 1, 0, -1):
             c_g = closeness(cal["Dc - Du"][..., :others].amax(-1))
             e_g = closeness(ev["Dc - Du"][..., :others].amax(-1))
-            own, thr = online(c_g, e_g, WINDOW, rate)
+            own, thr = online(c_g, e_g, WINDOW, CLOSENESS_RATE)
             either = own | flagged
             z = ((e_g[:, :WINDOW] - c_g.mean(0)[:WINDOW]) / c_g.std(0)[:WINDOW].clamp(min=1e-6)).max(1).values
             missed = [k for k in cp if not flagged[k]]
@@ -174,15 +179,17 @@ def main() -> None:
                         torch.tensor([int(f[cp].sum()), len(cp), int(f[pa].sum()), len(pa), int(f[od].sum()), len(od)])
             print(f"  batches of {others + 1} seeds: the guidance's closeness to its nearest sibling, -log(1 - max cos), "
                   f"first {WINDOW} steps: verbatim AUC {roc_auc(z[cp], z[od]):.3f}, TPR@1%FPR "
-                  f"{tpr_at_fpr(z[cp], z[od]):.2f}; at rate {rate:g} (threshold {thr:.2f}) it flags verbatim "
+                  f"{tpr_at_fpr(z[cp], z[od]):.2f}; at rate {CLOSENESS_RATE:g} (threshold {thr:.2f}) it flags verbatim "
                   f"{int(own[cp].sum())}/{len(cp)}, partial {int(own[pa].sum())}/{len(pa)}, ordinary "
-                  f"{int(own[od].sum())}/{len(od)}")
+                  f"{int(own[od].sum())}/{len(od)}, memorized captions' generations that did not copy "
+                  f"{int(own[nc].sum())}/{len(nc)} (the verdict: {int(flagged[nc].sum())})")
             print(f"    with the verdict (either flags): verbatim {int(either[cp].sum())}/{len(cp)}, partial "
                   f"{int(either[pa].sum())}/{len(pa)}, ordinary {int(either[od].sum())}/{len(od)}; of the {len(missed)} "
                   f"verbatim copies the verdict misses, {int((z[missed] > z[od].max()).sum())} rank above every "
                   f"ordinary generation")
     if len(args.models.split(",")) > 1:
-        print(f"\npooled over {args.models} ({args.split}): flagged by the verdict -> by the verdict or the closeness")
+        print(f"\npooled over {args.models} ({args.split}): flagged by the verdict ({rate:g}) -> by the verdict or the "
+              f"closeness ({CLOSENESS_RATE:g})")
         for size, c in sorted(pooled.items(), reverse=True):
             c = c.tolist()
             print(f"  batches of {size}: verbatim {c[0]} -> {c[1]} of {c[2]} ({100 * c[0] / max(1, c[2]):.1f} % -> "
