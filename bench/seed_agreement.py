@@ -107,13 +107,25 @@ def closeness(cos: torch.Tensor) -> torch.Tensor:
     return -torch.log1p(-cos.clamp(max=1 - 1e-6))
 
 
-def online(cal: torch.Tensor, ev: torch.Tensor, window: int, rate: float) -> tuple[torch.Tensor, float]:
+def rarity(tail, score: torch.Tensor) -> torch.Tensor:
+    """-log of the rate at which ordinary trajectories reach `score` by `tail` (core.null.NullTail),
+    kept finite far in the tail, where the rate itself underflows (there -log(rate) ~ the score in
+    the tail's units)."""
+    u = (score.double() - tail.location) / tail.scale
+    r = -torch.expm1(-torch.exp(-u))
+    return torch.where(r > 0, -torch.log(r.clamp(min=1e-300)), u)
+
+
+def online(cal: torch.Tensor, ev: torch.Tensor, window: int, rate: float) -> tuple[torch.Tensor, float, torch.Tensor]:
     """The flags a guard would raise with this signal: its largest z over the first `window` steps
     (z per step against the calibration set) passes the Gumbel tail of the calibration's own
-    scores (each calibration run left out of its own z, as core/null.py does) at `rate`."""
+    scores (each calibration run left out of its own z, as core/null.py does) at `rate`; and each
+    score's rarity by the same tail."""
     mean, sd = cal.mean(0), cal.std(0).clamp(min=1e-6)
-    thr = fit_tail(leave_one_out_z(cal[:, :window, None])[..., 0].max(1).values).threshold(rate)
-    return ((ev[:, :window] - mean[:window]) / sd[:window]).max(1).values > thr, thr
+    tail = fit_tail(leave_one_out_z(cal[:, :window, None])[..., 0].max(1).values)
+    score = ((ev[:, :window] - mean[:window]) / sd[:window]).max(1).values
+    thr = tail.threshold(rate)
+    return score > thr, thr, rarity(tail, score)
 
 
 def main() -> None:
@@ -142,6 +154,7 @@ def main() -> None:
         pack = scorers(region)[0]
         verdict = pack.score(zscores(rec, region))[rows]
         flagged = pack.flag(zscores(rec, region))[rows]
+        verdict_rarity = rarity(pack.tail, verdict)
         print(f"\n{name} {args.split}: {len(cp)} verbatim copies, {len(pa)} partial copies, {len(od)} ordinary "
               f"generations; {args.group} seeds a caption. The pack's verdict on the same generations: verbatim AUC "
               f"{roc_auc(verdict[cp], verdict[od]):.3f}, TPR@1%FPR {tpr_at_fpr(verdict[cp], verdict[od]):.2f}; flagged: "
@@ -164,7 +177,9 @@ def main() -> None:
         for others in range(args.group - 1, 0, -1):
             c_g = closeness(cal["Dc - Du"][..., :others].amax(-1))
             e_g = closeness(ev["Dc - Du"][..., :others].amax(-1))
-            own, thr = online(c_g, e_g, WINDOW, CLOSENESS_RATE)
+            own, thr, own_rarity = online(c_g, e_g, WINDOW, CLOSENESS_RATE)
+            # one score for both: the rarer of the two among ordinary trajectories, -log(rate) ("1 in N")
+            rarer = torch.maximum(own_rarity, verdict_rarity)
             either = own | flagged
             z = ((e_g[:, :WINDOW] - c_g.mean(0)[:WINDOW]) / c_g.std(0)[:WINDOW].clamp(min=1e-6)).max(1).values
             missed = [k for k in cp if not flagged[k]]
@@ -186,7 +201,8 @@ def main() -> None:
             print(f"    with the verdict (either flags): verbatim {int(either[cp].sum())}/{len(cp)}, partial "
                   f"{int(either[pa].sum())}/{len(pa)}, ordinary {int(either[od].sum())}/{len(od)}; of the {len(missed)} "
                   f"verbatim copies the verdict misses, {int((z[missed] > z[od].max()).sum())} rank above every "
-                  f"ordinary generation")
+                  f"ordinary generation; ranked by the rarer of the two (1 in N): verbatim AUC "
+                  f"{roc_auc(rarer[cp], rarer[od]):.3f}, TPR@1%FPR {tpr_at_fpr(rarer[cp], rarer[od]):.2f}")
     if len(args.models.split(",")) > 1:
         print(f"\npooled over {args.models} ({args.split}): flagged by the verdict ({rate:g}) -> by the verdict or the "
               f"closeness ({CLOSENESS_RATE:g})")

@@ -86,14 +86,16 @@ score = torch.tensor([1.0, 6.0, 7.0, 9.0])
 assert flagged_counts(score, {"a": [0, 1], "b": [2, 3], "c": []}, 6.0) == {"a": (0, 2), "b": (2, 2), "c": (0, 0)}
 # the seeds' agreement: -log(1 - cos) stretches cosines near 1 and stays finite at 1; a generation is
 # flagged when its z passes the calibration's tail inside the window, and not after it
+import math
 from bench.seed_agreement import closeness, online
 c = closeness(torch.tensor([0.0, 0.9, 0.99, 1.0]))
 assert bool((c[1:] > c[:-1]).all()) and abs(float(c[1]) - 2.302585) < 1e-4 and bool(torch.isfinite(c).all())
 cal = torch.randn(60, 12, generator=torch.Generator().manual_seed(0))
 ev = torch.zeros(3, 12)
 ev[1, 4] = ev[2, 11] = 50.0
-flags, thr = online(cal, ev, 10, 0.001)
+flags, thr, rarity = online(cal, ev, 10, 0.001)
 assert flags.tolist() == [False, True, False] and 2 < thr < 10, (flags, thr)
+assert float(rarity[1]) > -math.log(0.001) > float(rarity[0]), rarity   # -log("1 in N") by the same tail
 print("ok")
 '''
 
