@@ -41,7 +41,7 @@ from core.null import fit_tail, leave_one_out_z  # noqa: E402
 from core.sampling import step  # noqa: E402
 from core.schedule import start_latent  # noqa: E402
 
-EXTRA_SEED = 1_000_003   # the k-th extra seed of a generation: its seed + k * EXTRA_SEED
+EXTRA_SEED = 1_000_003   # the k-th extra seed of a generation: its seed + k * EXTRA_SEED (+ --draw * 7 * EXTRA_SEED)
 CFG = 7.5
 CLOSENESS_RATE = 0.002   # its own false-flag rate, by a rule fixed on the validation splits (docs/testbed.md)
 SWEEP = (0.001, 0.002, 0.005, 0.01, 0.02, 0.05)   # the closeness's own false-flag rate, in the pooled summary
@@ -75,9 +75,9 @@ def _unit(v: torch.Tensor) -> torch.Tensor:
     return v / v.norm(dim=2, keepdim=True).clamp(min=1e-8)
 
 
-def agreement(gens, tb, sigmas, steps: int, group: int) -> dict[str, torch.Tensor]:
+def agreement(gens, tb, sigmas, steps: int, group: int, draw: int = 0) -> dict[str, torch.Tensor]:
     """[N, steps, group - 1] per prediction: each generation's cosine with `group` - 1 more seeds of its caption."""
-    extra = [replace(g, seed=g.seed + k * EXTRA_SEED) for k in range(1, group) for g in gens]
+    extra = [replace(g, seed=g.seed + (k + 7 * draw) * EXTRA_SEED) for k in range(1, group) for g in gens]
     p = predictions(tb, list(gens) + extra, sigmas, steps)
     n = len(gens)
     res = {}
@@ -88,15 +88,15 @@ def agreement(gens, tb, sigmas, steps: int, group: int) -> dict[str, torch.Tenso
     return res
 
 
-def cached_agreement(path: Path, gens, tb, sigmas, steps: int, group: int) -> dict[str, torch.Tensor]:
+def cached_agreement(path: Path, gens, tb, sigmas, steps: int, group: int, draw: int = 0) -> dict[str, torch.Tensor]:
     """agreement(), kept in `path` (reused only for the same generations, steps and group)."""
-    key = repr(([(g.caption, g.seed) for g in gens], steps, group, "pairs"))
+    key = repr(([(g.caption, g.seed) for g in gens], steps, group, "pairs") + ((draw,) if draw else ()))
     if path.is_file():
         from safetensors import safe_open
         with safe_open(str(path), framework="pt") as f:
             if (f.metadata() or {}).get("key") == key:
                 return load_file(str(path))
-    res = agreement(gens, tb, sigmas, steps, group)
+    res = agreement(gens, tb, sigmas, steps, group, draw)
     save_file({k: v.contiguous() for k, v in res.items()}, str(path), metadata={"key": key})
     return res
 
@@ -132,6 +132,9 @@ def main() -> None:
     ap = model_parser(__doc__)
     ap.add_argument("--group", type=int, default=4, help="seeds per caption, as in a batch of one prompt")
     ap.add_argument("--steps", type=int, default=15)
+    ap.add_argument("--draw", type=int, default=0,
+                    help="which draw of the other seeds (0: the one reported; others: how much the numbers move "
+                         "with other siblings)")
     args = ap.parse_args()
     rate = DetectionConfig().false_flag_rate
     pooled: dict[int, torch.Tensor] = {}   # batch size -> counts, as in the per-split lines
@@ -144,10 +147,11 @@ def main() -> None:
         verbatim, part, ordinary = copy_groups(rec, tr[args.split]["corr"], partial)
         rows = list(range(len(rec.gens)))
         at = {i: i for i in rows}
-        cal = cached_agreement(out / f"seed_agreement_calibration_{args.group}.safetensors", calib.gens, tb, sigmas,
-                               args.steps, args.group)
-        ev = cached_agreement(out / f"seed_agreement_{args.split}_{args.group}.safetensors",
-                              [rec.gens[i] for i in rows], tb, sigmas, args.steps, args.group)
+        tag = f"{args.group}" + (f"_draw{args.draw}" if args.draw else "")
+        cal = cached_agreement(out / f"seed_agreement_calibration_{tag}.safetensors", calib.gens, tb, sigmas,
+                               args.steps, args.group, args.draw)
+        ev = cached_agreement(out / f"seed_agreement_{args.split}_{tag}.safetensors",
+                              [rec.gens[i] for i in rows], tb, sigmas, args.steps, args.group, args.draw)
         cp, pa, od = ([at[i] for i in idx if i in at] for idx in (verbatim, part, ordinary))
         # generations of memorized captions that did not copy: what a prompt-level signal flags besides the copies
         nc = [i for i, g in enumerate(rec.gens) if g.kind in MEMORIZED_KINDS and tr[args.split]["corr"][i] < partial]
