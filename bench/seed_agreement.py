@@ -144,20 +144,17 @@ def main() -> None:
         out = Path("bench_out") / name
         tb, sigmas, settings, calib, region, recs, tr, partial = prepared(weights, out, args.split, args.threads)
         rec = recs[args.split]
-        verbatim, part, ordinary = copy_groups(rec, tr[args.split]["corr"], partial)
-        rows = list(range(len(rec.gens)))
-        at = {i: i for i in rows}
+        cp, pa, od = copy_groups(rec, tr[args.split]["corr"], partial)   # verbatim, partial, ordinary
         tag = f"{args.group}" + (f"_draw{args.draw}" if args.draw else "")
         cal = cached_agreement(out / f"seed_agreement_calibration_{tag}.safetensors", calib.gens, tb, sigmas,
                                args.steps, args.group, args.draw)
-        ev = cached_agreement(out / f"seed_agreement_{args.split}_{tag}.safetensors",
-                              [rec.gens[i] for i in rows], tb, sigmas, args.steps, args.group, args.draw)
-        cp, pa, od = ([at[i] for i in idx if i in at] for idx in (verbatim, part, ordinary))
+        ev = cached_agreement(out / f"seed_agreement_{args.split}_{tag}.safetensors", rec.gens, tb, sigmas,
+                              args.steps, args.group, args.draw)
         # generations of memorized captions that did not copy: what a prompt-level signal flags besides the copies
         nc = [i for i, g in enumerate(rec.gens) if g.kind in MEMORIZED_KINDS and tr[args.split]["corr"][i] < partial]
         pack = scorers(region)[0]
-        verdict = pack.score(zscores(rec, region))[rows]
-        flagged = pack.flag(zscores(rec, region))[rows]
+        z_rec = zscores(rec, region)
+        verdict, flagged = pack.score(z_rec), pack.flag(z_rec)
         verdict_rarity = rarity(pack.tail, verdict)
         print(f"\n{name} {args.split}: {len(cp)} verbatim copies, {len(pa)} partial copies, {len(od)} ordinary "
               f"generations; {args.group} seeds a caption. The pack's verdict on the same generations: verbatim AUC "
