@@ -36,15 +36,16 @@ from core.testbed import load_testbed  # noqa: E402
 STEPS, CFG = 50, 7.5
 
 
-def predictions(tb, gens, sigmas, chunk: int = 64) -> dict[str, torch.Tensor]:
-    """Per generation and step, the guided (D), conditional (Dc) and unconditional (Du) predictions."""
+def predictions(tb, gens, sigmas, chunk: int = 64, steps: int = STEPS) -> dict[str, torch.Tensor]:
+    """Per generation and step, the guided (D), conditional (Dc) and unconditional (Du) predictions
+    (of the first `steps` steps: the sampler stops there)."""
     out = {"D": [], "Dc": [], "Du": []}
     for s0 in range(0, len(gens), chunk):
         part = gens[s0:s0 + chunk]
         cond, uncond = tb.encode([g.caption for g in part]), tb.encode([""] * len(part))
         x = start_latent(tb.noise([g.seed for g in part]), torch.tensor(sigmas), tb.schedule.sigma_max)
         per = {"D": [], "Dc": [], "Du": []}
-        for j in range(STEPS):
+        for j in range(steps):
             s = torch.full((x.shape[0],), sigmas[j])
             with torch.no_grad():
                 c, u = tb.denoise(x, s, cond), tb.denoise(x, s, uncond)

@@ -32,56 +32,33 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repo root, for `core` and `bench`
 
+from safetensors import safe_open  # noqa: E402
 from safetensors.torch import load_file, save_file  # noqa: E402
 
 from bench.bench_graded import copy_groups, model_parser, prepared, scorers, zscores  # noqa: E402
+from bench.detection_signals import _centred, predictions  # noqa: E402
 from bench.testbeds.prompts import MEMORIZED_KINDS  # noqa: E402
 from core.detect import DetectionConfig, roc_auc, tpr_at_fpr  # noqa: E402
 from core.null import fit_tail, leave_one_out_z  # noqa: E402
-from core.sampling import step  # noqa: E402
-from core.schedule import start_latent  # noqa: E402
 
 EXTRA_SEED = 1_000_003   # the k-th extra seed of a generation: its seed + k * EXTRA_SEED (+ --draw * 7 * EXTRA_SEED)
-CFG = 7.5
 CLOSENESS_RATE = 0.002   # its own false-flag rate, by a rule fixed on the validation splits (docs/testbed.md)
 SWEEP = (0.001, 0.002, 0.005, 0.01, 0.02, 0.05)   # the closeness's own false-flag rate, in the pooled summary
 WINDOW = 10   # steps (the first 20 % of 50): chosen on the validation splits of graded_a/m/p/pb
 
 
-def predictions(tb, gens, sigmas, steps: int, chunk: int = 96) -> dict[str, torch.Tensor]:
-    """Dc and Du of `gens` at the first `steps` steps: [N, steps, C, H, W] each."""
-    out = {"Dc": [], "Du": []}
-    sig = [float(s) for s in sigmas]
-    for s0 in range(0, len(gens), chunk):
-        part = gens[s0:s0 + chunk]
-        cond, uncond = tb.encode([g.caption for g in part]), tb.encode([""] * len(part))
-        x = start_latent(tb.noise([g.seed for g in part]), sigmas, tb.schedule.sigma_max)
-        per = {"Dc": [], "Du": []}
-        for j in range(steps):
-            s = torch.full((x.shape[0],), sig[j])
-            with torch.no_grad():
-                c, u = tb.denoise(x, s, cond), tb.denoise(x, s, uncond)
-            per["Dc"].append(c)
-            per["Du"].append(u)
-            x = step("ddim", x, u + CFG * (c - u), sig[j], sig[j + 1])
-        for k in out:
-            out[k].append(torch.stack(per[k], 1))
-    return {k: torch.cat(v) for k, v in out.items()}
-
-
 def _unit(v: torch.Tensor) -> torch.Tensor:
-    v = v - v.mean(dim=(-2, -1), keepdim=True)
-    v = v.flatten(2)
+    v = _centred(v).flatten(2)
     return v / v.norm(dim=2, keepdim=True).clamp(min=1e-8)
 
 
 def agreement(gens, tb, sigmas, steps: int, group: int, draw: int = 0) -> dict[str, torch.Tensor]:
     """[N, steps, group - 1] per prediction: each generation's cosine with `group` - 1 more seeds of its caption."""
     extra = [replace(g, seed=g.seed + (k + 7 * draw) * EXTRA_SEED) for k in range(1, group) for g in gens]
-    p = predictions(tb, list(gens) + extra, sigmas, steps)
+    p = predictions(tb, list(gens) + extra, [float(s) for s in sigmas], chunk=96, steps=steps)
     n = len(gens)
     res = {}
-    for name, v in (("Dc", p["Dc"]), ("D", p["Du"] + CFG * (p["Dc"] - p["Du"])), ("Dc - Du", p["Dc"] - p["Du"])):
+    for name, v in (("Dc", p["Dc"]), ("D", p["D"]), ("Dc - Du", p["Dc"] - p["Du"])):
         u = _unit(v)
         own, others = u[:n], u[n:].view(group - 1, n, *u.shape[1:])
         res[name] = (own.unsqueeze(0) * others).sum(-1).permute(1, 2, 0)
@@ -92,7 +69,6 @@ def cached_agreement(path: Path, gens, tb, sigmas, steps: int, group: int, draw:
     """agreement(), kept in `path` (reused only for the same generations, steps and group)."""
     key = repr(([(g.caption, g.seed) for g in gens], steps, group, "pairs") + ((draw,) if draw else ()))
     if path.is_file():
-        from safetensors import safe_open
         with safe_open(str(path), framework="pt") as f:
             if (f.metadata() or {}).get("key") == key:
                 return load_file(str(path))
